@@ -1,0 +1,22 @@
+"""Prints which torch and detectron2 this environment uses: `python -m plrc_d2.env_info`."""
+import os
+
+
+def describe() -> str:
+    import torch
+    import detectron2
+
+    try:
+        from detectron2 import _C  # noqa: F401
+
+        ops = "compiled ops present"
+    except ImportError:
+        ops = "no compiled ops (Python-only build: deformable conv and rotated boxes unavailable)"
+    return (
+        f"torch {torch.__version__} (CUDA available: {torch.cuda.is_available()})\n"
+        f"detectron2 {detectron2.__version__} at {os.path.dirname(detectron2.__file__)}: {ops}"
+    )
+
+
+if __name__ == "__main__":
+    print(describe())
