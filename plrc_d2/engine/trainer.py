@@ -41,6 +41,12 @@ class Trainer(DefaultTrainer):
             return DatasetEvaluators([COCOEvaluator(dataset_name, output_dir=output_folder)])
         raise NotImplementedError(f"No evaluator for dataset {dataset_name} of type {evaluator_type}")
 
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        # The pre-training stream is a function of (SEED, sample position): start it where the run stopped.
+        if hasattr(self.data_loader, "set_start_iter"):
+            self.data_loader.set_start_iter(self.start_iter)
+
     def build_hooks(self):
         hooks = super().build_hooks()
         if is_pretraining(self.cfg):
