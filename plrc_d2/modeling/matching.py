@@ -1,0 +1,160 @@
+"""View geometry: matching cells of the M x M distillation grid, bilinear taps, reading points.
+
+Shorthand: N images, M distillation map size (M x M cells per view), h x w backbone feature map.
+Coordinate frames:
+  * `*_wrt_view`: (x, y) in [0, 1]^2 of a view; cell (row i, col j) of the M x M grid has its centre
+    at ((j + 0.5) / M, (i + 0.5) / M) and flat index i * M + j.
+  * `crop_box_wrt_image`: x0, y0, x1, y1 of a view in [0, 1]^2 of the original image, with x0 > x1 when
+    the view is flipped, so view x = u maps to image x = x0 + u * (x1 - x0) in both cases.
+
+Everything here is pure and works on any device. The model calls `match_cells` on the CPU crop boxes
+that the data loader delivers, so matching costs no host-device synchronisation.
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ["match_cells", "cell_centres_wrt_image", "bilinear_taps", "cell_taps", "sample_points", "point_labels"]
+
+
+def cell_centres_wrt_image(crop_box: torch.Tensor, map_size: int) -> torch.Tensor:
+    """crop_box (N, 4) -> centres (N, M*M, 2) of the view's M x M cells, (x, y) in [0, 1]^2 of the image."""
+    c = (torch.arange(map_size, dtype=torch.float64, device=crop_box.device) + 0.5) / map_size
+    gy, gx = torch.meshgrid(c, c, indexing="ij")
+    u, v = gx.reshape(1, -1), gy.reshape(1, -1)
+    box = crop_box.to(torch.float64)
+    x = box[:, 0:1] + u * (box[:, 2:3] - box[:, 0:1])
+    y = box[:, 1:2] + v * (box[:, 3:4] - box[:, 1:2])
+    return torch.stack([x, y], dim=-1)
+
+
+def _cell_diagonal(crop_box: torch.Tensor, map_size: int, scale: torch.Tensor) -> torch.Tensor:
+    """(N, 4) -> (N,) diagonal of one cell in (scaled) image units."""
+    wh = (crop_box[:, 2:4] - crop_box[:, 0:2]).abs().to(torch.float64) * scale / map_size
+    return wh.norm(dim=1)
+
+
+def match_cells(
+    crop_box_a: torch.Tensor,
+    crop_box_b: torch.Tensor,
+    map_size: int,
+    radius: float,
+    image_size: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pairs of M x M cells of two views whose centres, mapped to the original image, lie closer than
+    `radius` x the larger of the two cell diagonals (flip-aware through the crop boxes).
+
+    Args:
+        crop_box_a, crop_box_b: (4,) for one image or (N, 4) for a batch, `crop_box_wrt_image`.
+        map_size: M.
+        radius: match radius in units of the larger cell diagonal (reference 0.5).
+        image_size: optional (N, 2) or (2,) image (height, width) in pixels; distances are then measured
+            in pixels, otherwise in the normalised [0, 1]^2 frame of the image.
+    Returns:
+        idx_a, idx_b: (n,) int64 flat cell indices, sorted by (image, idx_a, idx_b). For (4,) inputs they
+        lie in [0, M*M); for (N, 4) inputs they index the batch-flattened grid [0, N*M*M), i.e. image
+        b's cell c is b * M*M + c.
+    """
+    single = crop_box_a.dim() == 1
+    box_a, box_b = crop_box_a.reshape(-1, 4), crop_box_b.reshape(-1, 4)
+    if box_a.shape != box_b.shape:
+        raise ValueError(f"crop boxes differ in shape: {tuple(box_a.shape)} vs {tuple(box_b.shape)}")
+    n_img, m2, dev = box_a.shape[0], map_size * map_size, box_a.device
+    if n_img == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        return empty, empty.clone()
+    if image_size is None:
+        scale = torch.ones(n_img, 2, dtype=torch.float64, device=dev)
+    else:  # (height, width) -> (x scale, y scale)
+        scale = image_size.reshape(-1, 2).to(dev, torch.float64).flip(-1).expand(n_img, 2)
+    thresh = radius * torch.maximum(_cell_diagonal(box_a, map_size, scale), _cell_diagonal(box_b, map_size, scale))
+    # Centres of A's cells, expressed as continuous (col, row) indices of B's grid.
+    centres = cell_centres_wrt_image(box_a, map_size)  # (N, M*M, 2)
+    bb = box_b.to(torch.float64)
+    span = (bb[:, 2:4] - bb[:, 0:2]).unsqueeze(1)  # signed (N, 1, 2)
+    safe_span = torch.where(span == 0, torch.ones_like(span), span)
+    cont = (centres - bb[:, None, 0:2]) / safe_span * map_size - 0.5  # (N, M*M, 2)
+    # Search window (in B cells) that surely contains every match: threshold / smallest B cell side.
+    cell_b = (span.abs().squeeze(1) * scale / map_size).clamp_min(1e-12)  # (N, 2)
+    reach = (thresh[:, None] / cell_b).max()
+    k = min(int(math.ceil(float(reach))) + 1, map_size)
+    offs = torch.arange(-k, k + 1, device=dev)
+    oy, ox = torch.meshgrid(offs, offs, indexing="ij")
+    base = cont.round().long()  # (N, M*M, 2)
+    cand_x = base[..., 0:1] + ox.reshape(1, 1, -1)  # (N, M*M, W)
+    cand_y = base[..., 1:2] + oy.reshape(1, 1, -1)
+    inside = (cand_x >= 0) & (cand_x < map_size) & (cand_y >= 0) & (cand_y < map_size)
+    # Distance in image units between A's centre and the candidate B centre.
+    bx = bb[:, 0, None, None] + (cand_x.double() + 0.5) / map_size * span[:, :, 0:1]
+    by = bb[:, 1, None, None] + (cand_y.double() + 0.5) / map_size * span[:, :, 1:2]
+    dx = (bx - centres[..., 0:1]) * scale[:, None, 0:1]
+    dy = (by - centres[..., 1:2]) * scale[:, None, 1:2]
+    close = inside & (dx * dx + dy * dy < (thresh * thresh)[:, None, None]) & (span != 0).all(-1, keepdim=True)
+    img, cell_a, cand = close.nonzero(as_tuple=True)
+    cell_b_idx = cand_y[img, cell_a, cand] * map_size + cand_x[img, cell_a, cand]
+    idx_a, idx_b = cell_a, cell_b_idx
+    if not single:
+        idx_a, idx_b = img * m2 + cell_a, img * m2 + cell_b_idx
+    order = torch.argsort(idx_a * m2 + (idx_b % m2), stable=True)  # (image, idx_a, idx_b) order
+    return idx_a[order], idx_b[order]
+
+
+def bilinear_taps(in_size: int, out_size: int, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The 1-D weights of `F.interpolate(mode="linear", align_corners=False)` from in_size to out_size.
+
+    Returns idx (out_size, 2) int64 source indices and weight (out_size, 2) float32; output o equals
+    sum_t weight[o, t] * source[idx[o, t]]. Read off the interpolation of an identity matrix, so the
+    taps agree with PyTorch's upsampling by construction (unused taps carry weight 0).
+    """
+    eye = torch.eye(in_size, dtype=torch.float64, device=device).unsqueeze(1)  # (in, 1, in)
+    mat = F.interpolate(eye, size=out_size, mode="linear", align_corners=False)[:, 0, :].t()  # (out, in)
+    weight, idx = mat.topk(min(2, in_size), dim=1)
+    if in_size == 1:
+        weight, idx = torch.cat([weight, weight * 0], 1), torch.cat([idx, idx], 1)
+    return idx, weight.float()
+
+
+def cell_taps(cells: torch.Tensor, map_size: int, feat_hw: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear taps of batch-flattened M x M cells on the batch-flattened h x w feature cells.
+
+    Args:
+        cells: (n,) int64 in [0, N*M*M), image b's cell (i, j) is b*M*M + i*M + j.
+        map_size: M.  feat_hw: (h, w).
+    Returns:
+        rows (n, 4) int64 in [0, N*h*w) and weights (n, 4) float32 such that the bilinear upsampling
+        (align_corners=False) of any (N, C, h, w) map X to M x M, read at cell p, equals
+        sum_t weights[p, t] * X_flat[rows[p, t]] with X_flat = X.permute(0, 2, 3, 1).reshape(-1, C).
+    """
+    h, w = feat_hw
+    m2 = map_size * map_size
+    iy, wy = bilinear_taps(h, map_size, cells.device)
+    ix, wx = bilinear_taps(w, map_size, cells.device)
+    img, cell = cells // m2, cells % m2
+    r, c = cell // map_size, cell % map_size
+    rows = img[:, None, None] * (h * w) + iy[r][:, :, None] * w + ix[c][:, None, :]  # (n, 2, 2)
+    weights = wy[r][:, :, None] * wx[c][:, None, :]
+    return rows.reshape(-1, 4), weights.reshape(-1, 4)
+
+
+def sample_points(feature_map: torch.Tensor, points_wrt_view: torch.Tensor) -> torch.Tensor:
+    """Bilinear read of a map at points.
+
+    feature_map (N, D, h, w); points_wrt_view (N, R, P, 2), (x, y) in [0, 1]^2 of the view (pixel centres
+    at (i + 0.5) / S) -> (N*R*P, D), rows ordered (image, region, point). grid_sample with
+    align_corners=False at 2p - 1, so a point and a pixel centre of the view coincide.
+    """
+    n, r, p, _ = points_wrt_view.shape
+    grid = (points_wrt_view.to(feature_map.dtype) * 2 - 1).reshape(n, r * p, 1, 2)
+    out = F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[..., 0].transpose(1, 2).reshape(n * r * p, -1)
+
+
+def point_labels(region_valid: torch.Tensor, points_per_region: int) -> torch.Tensor:
+    """region_valid (N, R) bool -> (N*R*P,) int64 label b*R + r per point (order of `sample_points`),
+    -1 for points of invalid rows (ignored by the point loss)."""
+    n, r = region_valid.shape
+    ids = torch.arange(n * r, device=region_valid.device).view(n, r)
+    ids = torch.where(region_valid, ids, torch.full_like(ids, -1))
+    return ids[:, :, None].expand(n, r, points_per_region).reshape(-1)
