@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import ConnectionPatch, Rectangle
 from skimage.segmentation import find_boundaries
@@ -52,7 +53,7 @@ class PanelData:
     views: 3 arrays (S, S, 3) in the order V_q, V_k, V_d.
     crop_boxes_wrt_image: float (3, 4).
     points_wrt_view: float (2, R, P, 2), points of V_q and V_k.
-    region_valid: bool (R,).
+    region_valid: bool (R,); region_ids: int (R,), the region of each point row (-1 = none).
     image: (H, W, 3) original image; region_map: int (H, W) region id per original pixel.
     matched_cells: (idx_q, idx_d), int (n,) flat indices r * M + c of matched V_q / V_d cells.
     """
@@ -60,6 +61,7 @@ class PanelData:
     crop_boxes_wrt_image: np.ndarray
     points_wrt_view: np.ndarray
     region_valid: np.ndarray
+    region_ids: np.ndarray
     image: np.ndarray
     region_map: np.ndarray
     matched_cells: Tuple[np.ndarray, np.ndarray]
@@ -161,19 +163,9 @@ def _show(ax, image: np.ndarray, title: str):
     ax.set_title(title, fontsize=7, pad=2)
 
 
-def _point_region_ids(data: PanelData) -> np.ndarray:
-    """Region id of each point row r, read on the original image at its first V_q point: int (R,)."""
-    first = view_to_image(data.points_wrt_view[0, :, 0], data.crop_boxes_wrt_image[0])  # (R, 2)
-    h, w = data.region_map.shape
-    cols = np.clip((first[:, 0] * w).astype(np.int64), 0, w - 1)
-    rows = np.clip((first[:, 1] * h).astype(np.int64), 0, h - 1)
-    return data.region_map[rows, cols]
-
-
 def _draw_views(layout: _Layout, data: PanelData) -> list:
     """Row 0: the three views with regions (points on V_q, V_k) and the original image with boxes."""
     axes = []
-    ids = _point_region_ids(data)
     for v, (name, view) in enumerate(zip(VIEW_NAMES, data.views)):
         ax = layout.axes(0, v)
         # Regions are drawn at display resolution so their borders stay thin on small views.
@@ -187,7 +179,7 @@ def _draw_views(layout: _Layout, data: PanelData) -> list:
         if v < 2:
             for r in np.flatnonzero(data.region_valid):
                 pts = data.points_wrt_view[v, r]
-                ax.scatter(pts[:, 0], pts[:, 1], s=14, color=region_colors(ids[r]), edgecolors="black",
+                ax.scatter(pts[:, 0], pts[:, 1], s=14, color=region_colors(data.region_ids[r]), edgecolors="black",
                            linewidths=0.6, marker="o" if v == 0 else "s")
         axes.append(ax)
     ax = layout.axes(0, 3)
@@ -202,29 +194,36 @@ def _draw_views(layout: _Layout, data: PanelData) -> list:
 
 def _link_shared_regions(fig: Figure, ax_q, ax_k, data: PanelData):
     """A dashed line from the centroid of each shared region's V_q points to its V_k points."""
-    ids = _point_region_ids(data)
     for r in np.flatnonzero(data.region_valid):
         cq, ck = data.points_wrt_view[0, r].mean(0), data.points_wrt_view[1, r].mean(0)
         fig.add_artist(ConnectionPatch(xyA=tuple(cq), coordsA="data", axesA=ax_q, xyB=tuple(ck),
-                                       coordsB="data", axesB=ax_k, color=region_colors(ids[r]),
+                                       coordsB="data", axesB=ax_k, color=region_colors(data.region_ids[r]),
                                        linestyle="--", linewidth=1.2))
 
 
-def _draw_matches(layout: _Layout, data: PanelData):
-    """Row 1: matched V_q / V_d cells; a pair shares a colour, set by its position in the image."""
+def _draw_matches(layout: _Layout, data: PanelData, shown_per_side: int = 8):
+    """Row 1: matched V_q / V_d cells; a pair shares a colour, set by its position in the image.
+    Only V_q cells on a stride grid (about shown_per_side^2 of them) are drawn, so the view stays
+    visible at M = 56; each square is drawn stride cells wide."""
     m = data.map_size
+    stride = max(1, m // shown_per_side)
     idx_q, idx_d = (np.asarray(i, dtype=np.int64) for i in data.matched_cells)
-    centres = {}
-    for name, idx in (("V_q", idx_q), ("V_d", idx_d)):
-        centres[name] = np.stack([(idx % m + 0.5) / m, (idx // m + 0.5) / m], axis=-1)  # (n, 2) x, y
+    on_grid = (idx_q // m % stride == stride // 2) & (idx_q % m % stride == stride // 2)
+    centres = {name: np.stack([(idx[on_grid] % m + 0.5) / m, (idx[on_grid] // m + 0.5) / m], axis=-1)
+               for name, idx in (("V_q", idx_q), ("V_d", idx_d))}  # (n, 2) x, y
     wrt_image = view_to_image(centres["V_q"], data.crop_boxes_wrt_image[0])
-    colors = np.clip(np.stack([wrt_image[:, 0], wrt_image[:, 1], np.full(len(idx_q), 0.5)], -1), 0, 1)
+    # Hue follows image x, brightness image y, stretched over the drawn cells' extent.
+    lo = wrt_image.min(0) if len(wrt_image) else 0.0
+    position = (wrt_image - lo) / np.maximum(np.ptp(wrt_image, 0) if len(wrt_image) else 1.0, 1e-9)
+    colors = hsv_to_rgb(np.stack([0.8 * position[:, 0], np.ones(len(position)), 0.35 + 0.65 * position[:, 1]], -1))
+    side_pt = 0.5 * stride * layout.tile / m * 72.0 / _DPI  # marker side, points
+    shown = f", {len(position)} drawn" if stride > 1 else ""
     for col, (v, name) in enumerate(((0, "V_q"), (2, "V_d"))):
         ax = layout.axes(1, col)
-        _show(ax, data.views[v], f"{name}: {len(idx_q)} matched cells (M={m})")
-        if len(idx_q):
-            ax.scatter(centres[name][:, 0], centres[name][:, 1], s=max(1.0, 600.0 / m), c=colors,
-                       marker="s", linewidths=0)
+        _show(ax, data.views[v], f"{name}: {len(idx_q)} cell pairs{shown}")
+        if len(position):
+            ax.scatter(centres[name][:, 0], centres[name][:, 1], s=side_pt ** 2, c=colors, marker="s",
+                       edgecolors="black", linewidths=0.4)
     ax = layout.axes(1, 2, span=2)
     ax.axis("off")
     ax.text(0.02, 0.98, "\n".join(data.notes), va="top", ha="left", fontsize=7, family="monospace",

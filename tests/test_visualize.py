@@ -67,7 +67,7 @@ def _synthetic_panel(num_queries, size=32):
     return PanelData(
         views=views, crop_boxes_wrt_image=np.array([[0.1, 0.1, 0.7, 0.8], [0.9, 0.0, 0.3, 0.6],
                                                     [0.0, 0.2, 0.6, 1.0]]),
-        points_wrt_view=rng.random((2, 2, 3, 2)), region_valid=np.array([True, False]), image=image,
+        points_wrt_view=rng.random((2, 2, 3, 2)), region_valid=np.array([True, False]), region_ids=np.array([5, -1]), image=image,
         region_map=np.arange(16).reshape(4, 4), matched_cells=(np.array([0, 5]), np.array([1, 6])),
         map_size=4, affinity=affinity, notes=["synthetic"])
 
@@ -126,3 +126,26 @@ def test_plot_metrics_cli(tmp_path):
     assert Image.open(out).size == (1100, 750)
     missing = subprocess.run([sys.executable, tool, str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert missing.returncode != 0 and "no metrics.json" in missing.stderr
+
+
+def test_self_affinity_peaks_at_the_query_point():
+    import torch
+
+    from plrc_d2.engine.vis_hook import default_query_points, point_affinity_maps
+
+    gen = torch.Generator().manual_seed(0)
+    feature_map = torch.randn(8, 3, 3, generator=gen)  # (D, h, w): a coarse map, as res5 gives
+    size = 24
+    query = default_query_points(np.array([[[0.9, 0.1]]]), np.array([True]), 3, size)
+    np.testing.assert_allclose(query, [[(21 + 0.5) / 24, (2 + 0.5) / 24], [6.5 / 24, 6.5 / 24], [18.5 / 24] * 2])
+    maps = point_affinity_maps(feature_map, torch.as_tensor(query), feature_map, (size, size)).numpy()
+    assert maps.shape == (3, size, size) and maps.dtype == np.float64
+    for q, (x, y) in enumerate(query):
+        col, row = int(x * size), int(y * size)
+        assert maps[q, row, col] == pytest.approx(1.0, abs=1e-12) and maps[q, row, col] >= maps[q].max() - 1e-12
+    # Inside the map (no clamped border pixels that repeat the same vector) the argmax is unique.
+    for q in (1, 2):
+        assert np.unravel_index(np.argmax(maps[q]), maps[q].shape) == tuple(np.floor(query[q, ::-1] * size))
+    # Over another map the values stay cosines.
+    other = point_affinity_maps(feature_map, torch.as_tensor(query), torch.randn(8, 2, 5, generator=gen), (4, 10))
+    assert other.shape == (3, 4, 10) and other.abs().max() <= 1 + 1e-12
