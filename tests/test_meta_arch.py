@@ -4,34 +4,15 @@ import itertools
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer, TrainerBase
 from detectron2.modeling import build_model
 
-import plrc_d2  # noqa: F401
-from plrc_d2.benchmark.train import synthetic_inputs
-from plrc_d2.config import add_plrc_config
 from plrc_d2.engine.hooks import NonFiniteLossGuard, PLRCScheduleHook, build_plrc_hooks, momentum_at, \
     teacher_temperature_at
 
+from plrc_meta_helpers import inputs, tiny_cfg, tiny_model  # noqa: E402
+
 LOSS_KEYS = {"loss_plrc_image", "loss_plrc_point", "loss_plrc_distill"}
-
-
-def tiny_cfg(*opts):
-    cfg = get_cfg()
-    add_plrc_config(cfg)
-    cfg.merge_from_file("configs/quick_schedules/plrc_R_18_quick.yaml")
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.PLRC.MAP_SIZE", 6, "INPUT.PLRC.CROP_SIZE", 32, *opts])
-    return cfg
-
-
-def tiny_model(*opts, seed=0):
-    torch.manual_seed(seed)
-    return build_model(tiny_cfg(*opts)).train()
-
-
-def inputs(n=4, seed=1, size=32):
-    return synthetic_inputs(n, size, 2, 3, seed=seed)
 
 
 def test_one_step_losses_ema_queue(repo_root, monkeypatch):
