@@ -89,7 +89,7 @@ def test_draw_point_panel_rejects_mismatched_affinity():
 def test_parse_metrics_quirks():
     pm = _load_plot_metrics()
     text = "\n".join([
-        '{"iteration": 0, "loss_plrc_image": 3.0, "lr": 0.03}',
+        '{"iteration": 0, "loss_plrc_image": 3.0, "lr": 0.03, "plrc_point_acc": 0.5, "plrc_matched_pairs": 9}',
         '{"iteration": 1, "loss_plrc_image": NaN}{"iteration": 2, "loss_plrc_image": 2.0}',  # glued
         "not json at all",
         '{"iteration": 1, "plrc/teacher_temperature": 0.04}',  # same iteration, split over lines
@@ -108,6 +108,8 @@ def test_parse_metrics_quirks():
     np.testing.assert_array_equal(its, [0, 1, 2, 3])
     assert list(groups["teacher temperature"]) == ["plrc/teacher_temperature"]
     assert list(groups["learning rate"]) == ["lr"] and groups["momentum"] == {}
+    assert list(groups["accuracies"]) == ["plrc_point_acc"]
+    assert list(groups["PLRC and data counters"]) == ["plrc_matched_pairs"]
 
 
 def test_plot_metrics_cli(tmp_path):
@@ -123,7 +125,7 @@ def test_plot_metrics_cli(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "4 iterations, 1 unreadable" in done.stdout
-    assert Image.open(out).size == (1100, 750)
+    assert Image.open(out).size == (1100, 1050)
     missing = subprocess.run([sys.executable, tool, str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert missing.returncode != 0 and "no metrics.json" in missing.stderr
 

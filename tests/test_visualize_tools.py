@@ -90,8 +90,10 @@ def test_visualize_points_tool(tmp_path, image_path, model):
     weights = tmp_path / "ckpt"
     weights.mkdir()
     DetectionCheckpointer(model, save_dir=str(weights)).save("model_final")
+    single = tmp_path / "single" / "panel.png"  # a .png --output names the file itself
+    args[args.index(str(out))] = str(single)
     assert tool.main(args + ["--weights", str(weights / "model_final.pth"), "--embedding", "distill"]) == 0
-    assert Image.open(out / "scene_points.png").size == panel_size(2, TILE)[::-1]
+    assert Image.open(single).size == panel_size(2, TILE)[::-1]
 
 
 def test_visualize_points_rejects_wrong_checkpoints(tmp_path, image_path):
@@ -123,7 +125,7 @@ def test_point_panel_hook_writes_png_and_tensorboard_image(tmp_path, image_path,
         cfg.DATASETS.TRAIN = ("plrc_vis_hook_test",)
         cfg.PLRC_VIS.PERIOD = 2
         cfg.PLRC_VIS.NUM_QUERY_POINTS = 1
-        hook = PointPanelHook(cfg, None)
+        hook = PointPanelHook.from_config(cfg, None)
         model.train()
         with EventStorage(0) as storage:
             for iteration in range(3):

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Plot a detectron2 run's metrics.json: loss terms, teacher temperature, momentum and learning rate
-over iterations, as one PNG.
+"""Plot a detectron2 run's metrics.json: loss terms, teacher temperature, momentum, learning rate,
+accuracies and PLRC/data counters over iterations, as one PNG.
 
     python tools/plot_metrics.py output/demo/pretrain                 # -> output/demo/pretrain/metrics.png
     python tools/plot_metrics.py output/demo/pretrain/metrics.json --output curves.png
@@ -29,6 +29,8 @@ PANELS = (
     ("teacher temperature", lambda k: "temperature" in k.lower()),
     ("momentum", lambda k: "momentum" in k.lower()),
     ("learning rate", lambda k: k == "lr" or k.split("/")[-1] == "lr"),
+    ("accuracies", lambda k: k.split("/")[-1].endswith("_acc")),
+    ("PLRC and data counters", lambda k: k.startswith("plrc_") or k.startswith("data/")),
 )
 
 
@@ -82,10 +84,10 @@ def group_series(series: Dict[str, tuple]) -> Dict[str, Dict[str, tuple]]:
 
 
 def draw_metrics(groups: Dict[str, Dict[str, tuple]], title: str, dpi: int = 100) -> Figure:
-    """A 2 x 2 figure, one axes per panel; NaN / inf values show as gaps."""
-    fig = Figure(figsize=(11, 7.5), dpi=dpi)
+    """A 3 x 2 figure, one axes per panel; NaN / inf values show as gaps."""
+    fig = Figure(figsize=(11, 10.5), dpi=dpi)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2)
+    axes = fig.subplots(3, 2)
     for ax, (panel, members) in zip(axes.flat, groups.items()):
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("iteration", fontsize=8)

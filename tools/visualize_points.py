@@ -4,7 +4,7 @@
     python tools/visualize_points.py --config-file configs/plrc_pretrain.yaml \\
         --weights output/demo/pretrain/model_final.pth --input photo.jpg --output viz/
 
-Per input image, one PNG `<output>/<image name>_points.png`: the three views V_q, V_k, V_d with their
+Per input image, one PNG `<output>/<image name>_points.png` (or --output some.png for one image): the three views V_q, V_k, V_d with their
 region maps, the sampled points coloured by region (V_q circles, V_k squares, dashed line = the same
 region), the original image with the three crop boxes, the V_q/V_d cell pairs matched for affinity
 distillation (same colour = a pair), and for a few query points of V_q their cosine-similarity maps over
@@ -28,9 +28,9 @@ from PIL import Image
 
 import plrc_d2  # noqa: F401  (registers the PLRC meta-architecture and the datasets)
 from plrc_d2.config import add_plrc_config
+from plrc_d2.data import IMAGE_EXTENSIONS, list_images
 from plrc_d2.engine.vis_hook import PanelOptions, map_sample, render_panel
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 logger = logging.getLogger("plrc_d2.visualize_points")
 
 
@@ -42,7 +42,8 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="an image, or a folder searched recursively for images")
     source.add_argument("--dataset", help="a registered dataset name (its first --max-images images)")
-    parser.add_argument("--output", required=True, help="folder for the PNG panels")
+    parser.add_argument("--output", required=True,
+                        help="folder for the PNG panels, or a .png file when there is one image")
     parser.add_argument("--max-images", type=int, default=8, help="at most this many images (default 8)")
     parser.add_argument("--num-query-points", type=int, default=None, help="default: PLRC_VIS.NUM_QUERY_POINTS")
     parser.add_argument("--embedding", choices=("dense", "distill"), default="dense",
@@ -112,8 +113,7 @@ def list_inputs(args, cfg):
         ensure_datasets_registered([args.dataset], cfg.OUTPUT_DIR)
         return DatasetCatalog.get(args.dataset)[: args.max_images]
     if os.path.isdir(args.input):
-        files = sorted(os.path.join(root, f) for root, _, names in os.walk(args.input) for f in names
-                       if f.lower().endswith(IMAGE_EXTENSIONS))
+        files = [os.path.join(args.input, f) for f in list_images(args.input)]
     elif os.path.isfile(args.input):
         files = [args.input]
     else:
@@ -138,9 +138,14 @@ def main(argv=None) -> int:
         num_query_points=args.num_query_points if args.num_query_points is not None else cfg.PLRC_VIS.NUM_QUERY_POINTS,
         map_size=int(m.MAP_SIZE), match_radius=float(m.MATCH_RADIUS), embedding=args.embedding,
         momentum=args.momentum)
-    os.makedirs(args.output, exist_ok=True)
+    inputs = list_inputs(args, cfg)
+    single_file = args.output.lower().endswith(".png")
+    if single_file and len(inputs) > 1:
+        raise SystemExit(f"error: --output {args.output!r} is one file but there are {len(inputs)} images; "
+                         "give a folder or --max-images 1")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)) if single_file else args.output, exist_ok=True)
     written, skipped = 0, 0
-    for index, dataset_dict in enumerate(list_inputs(args, cfg)):
+    for index, dataset_dict in enumerate(inputs):
         mapped = map_sample(mapper, dataset_dict, args.seed + index)
         if mapped is None:
             skipped += 1
@@ -152,7 +157,7 @@ def main(argv=None) -> int:
                  f"view size S={cfg.INPUT.PLRC.CROP_SIZE}, whole image at {options.whole_image_scale}S"]
         panel = render_panel(model, mapped, input_format=cfg.INPUT.FORMAT, options=options, title=title,
                              notes=notes, tile=args.tile)
-        path = os.path.join(args.output, f"{name}_points.png")
+        path = args.output if single_file else os.path.join(args.output, f"{name}_points.png")
         Image.fromarray(panel).save(path)
         logger.info(f"wrote {path}")
         written += 1

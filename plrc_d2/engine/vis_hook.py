@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detectron2.config import configurable
 from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -203,7 +202,6 @@ class PointPanelHook(HookBase):
     with a Generator seeded by `seed`, so every panel of a run shows the same views and points.
     """
 
-    @configurable
     def __init__(self, *, period: int, output_dir: str, dataset_name: str, mapper, input_format: str,
                  options: PanelOptions, seed: int = 0):
         self.period, self.output_dir, self.dataset_name = int(period), output_dir, dataset_name
@@ -211,15 +209,16 @@ class PointPanelHook(HookBase):
         self._mapped = None
 
     @classmethod
-    def from_config(cls, cfg, trainer=None):
+    def from_config(cls, cfg, trainer=None) -> "PointPanelHook":
+        """The hook for a PLRC config (build_plrc_hooks calls this; `trainer` is set on registration)."""
         from plrc_d2.data.mapper import PLRCDatasetMapper
 
         m = cfg.MODEL.PLRC
         options = PanelOptions(num_query_points=int(cfg.PLRC_VIS.NUM_QUERY_POINTS), map_size=int(m.MAP_SIZE),
                                match_radius=float(m.MATCH_RADIUS))
-        return {"period": cfg.PLRC_VIS.PERIOD, "output_dir": cfg.OUTPUT_DIR, "dataset_name": cfg.DATASETS.TRAIN[0],
-                "mapper": PLRCDatasetMapper(cfg), "input_format": cfg.INPUT.FORMAT, "options": options,
-                "seed": max(int(cfg.SEED), 0)}
+        return cls(period=cfg.PLRC_VIS.PERIOD, output_dir=cfg.OUTPUT_DIR, dataset_name=cfg.DATASETS.TRAIN[0],
+                   mapper=PLRCDatasetMapper(cfg), input_format=cfg.INPUT.FORMAT, options=options,
+                   seed=max(int(cfg.SEED), 0))
 
     def _fixed_sample(self, tries: int = 8) -> dict:
         if self._mapped is None:
@@ -239,7 +238,7 @@ class PointPanelHook(HookBase):
             return
         if next_iter % self.period and next_iter != self.trainer.max_iter:
             return
-        title = f"PLRC points and affinities: {self.dataset_name}, iteration {next_iter}"
+        title = f"PLRC points and affinities: {self.dataset_name}, after {next_iter} iterations"
         panel = render_panel(unwrap_model(self.trainer.model), self._fixed_sample(),
                              input_format=self.input_format, options=self.options, title=title)
         get_event_storage().put_image("plrc/point_panel", torch.from_numpy(panel).permute(2, 0, 1).float() / 255)
