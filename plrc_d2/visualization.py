@@ -20,6 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import ConnectionPatch, Rectangle
 from skimage.segmentation import find_boundaries
 
+from plrc_d2.data.points import view_to_image
+from plrc_d2.data.regions import read_region_map
+
 __all__ = [
     "VIEW_NAMES", "PanelData", "AffinityData", "view_to_image", "image_to_view", "crop_region_map",
     "region_colors", "overlay_regions", "overlay_heatmap", "panel_size", "draw_point_panel",
@@ -70,13 +73,6 @@ class PanelData:
     notes: List[str] = field(default_factory=list)
 
 
-def view_to_image(points_wrt_view: np.ndarray, crop_box_wrt_image) -> np.ndarray:
-    """(..., 2) points of a view -> (..., 2) points of the original image (flip-aware)."""
-    x0, y0, x1, y1 = np.asarray(crop_box_wrt_image, dtype=np.float64)
-    p = np.asarray(points_wrt_view, dtype=np.float64)
-    return np.stack([x0 + p[..., 0] * (x1 - x0), y0 + p[..., 1] * (y1 - y0)], axis=-1)
-
-
 def image_to_view(points_wrt_image: np.ndarray, crop_box_wrt_image) -> np.ndarray:
     """Inverse of `view_to_image`; a result outside [0, 1]^2 means the point is not in the view."""
     x0, y0, x1, y1 = np.asarray(crop_box_wrt_image, dtype=np.float64)
@@ -91,13 +87,9 @@ def crop_region_map(region_map: np.ndarray, crop_box_wrt_image, size) -> np.ndar
     size: S or (height, width) of the output. Returns int (height, width). With the box (0, 0, 1, 1)
     it resamples the map to an image's size."""
     height, width = (size, size) if np.isscalar(size) else size
-    h, w = region_map.shape
     xs, ys = (np.arange(width) + 0.5) / width, (np.arange(height) + 0.5) / height
     grid = np.stack(np.meshgrid(xs, ys, indexing="xy"), axis=-1)  # (height, width, 2) x, y
-    p = view_to_image(grid, crop_box_wrt_image)
-    cols = np.clip(np.floor(p[..., 0] * w).astype(np.int64), 0, w - 1)
-    rows = np.clip(np.floor(p[..., 1] * h).astype(np.int64), 0, h - 1)
-    return region_map[rows, cols]
+    return read_region_map(region_map, view_to_image(grid, crop_box_wrt_image))
 
 
 def region_colors(region_ids) -> np.ndarray:
