@@ -142,3 +142,20 @@ def test_point_panel_hook_writes_png_and_tensorboard_image(tmp_path, image_path,
         assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
     finally:
         DatasetCatalog.remove("plrc_vis_hook_test")
+
+
+def test_point_panel_hook_turns_off_when_no_sample_is_readable(tmp_path, model):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    DatasetCatalog.register("plrc_vis_hook_broken", lambda: [{"file_name": str(broken), "image_id": 0}])
+    try:
+        cfg = _quick_cfg(tmp_path / "out")
+        cfg.DATASETS.TRAIN = ("plrc_vis_hook_broken",)
+        cfg.PLRC_VIS.PERIOD = 1
+        hook = PointPanelHook.from_config(cfg, None)
+        with EventStorage(0) as storage:
+            hook.trainer = _Trainer(model, 0, max_iter=4)
+            hook.after_step()
+        assert hook.period == 0 and storage._vis_data == [] and not (tmp_path / "out").exists()
+    finally:
+        DatasetCatalog.remove("plrc_vis_hook_broken")

@@ -19,8 +19,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from PIL import Image
-from torch.nn.parallel import DistributedDataParallel
 
+from plrc_d2.engine.hooks import _unwrap
 from plrc_d2.visualization import AffinityData, PanelData, draw_point_panel
 
 __all__ = ["PanelOptions", "point_affinity_maps", "default_query_points", "compute_panel_data",
@@ -172,24 +172,12 @@ def map_sample(mapper, dataset_dict: dict, seed: int) -> Optional[dict]:
     return {"sample": sample, "image": image, "region_map": mapper.region_source(image, dataset_dict)}
 
 
-def unwrap_model(model):
-    """The PLRC module inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def render_panel(model, mapped: dict, *, input_format: str, options: PanelOptions, title: str,
                  notes=(), tile: int = 192) -> np.ndarray:
-    """The RGB uint8 panel of one `map_sample` result, with the model in eval mode and no gradients
-    (its train/eval mode is restored). model None: no affinity rows."""
-    was_training = model is not None and model.training
-    try:
-        if model is not None:
-            model.eval()
-        data = compute_panel_data(model, mapped["sample"], mapped["image"], mapped["region_map"],
-                                  input_format=input_format, options=options, notes=notes)
-    finally:
-        if was_training:
-            model.train()
+    """The RGB uint8 panel of one `map_sample` result. model None: no affinity rows. The model's
+    embedding helpers run without gradients and with BN on running statistics."""
+    data = compute_panel_data(model, mapped["sample"], mapped["image"], mapped["region_map"],
+                              input_format=input_format, options=options, notes=notes)
     return draw_point_panel(data, title, tile=tile)
 
 
@@ -199,7 +187,8 @@ class PointPanelHook(HookBase):
     [0, 1]) and as `point_panel_<iteration>.png` in `output_dir`, beside the checkpoints.
 
     The sample is the first readable of the first few dicts of the first train dataset, mapped once
-    with a Generator seeded by `seed`, so every panel of a run shows the same views and points.
+    with a Generator seeded by `seed`, so every panel of a run shows the same views and points. If none
+    of them is readable the hook warns and turns itself off: a picture never stops a run.
     """
 
     def __init__(self, *, period: int, output_dir: str, dataset_name: str, mapper, input_format: str,
@@ -220,16 +209,13 @@ class PointPanelHook(HookBase):
                    mapper=PLRCDatasetMapper(cfg), input_format=cfg.INPUT.FORMAT, options=options,
                    seed=max(int(cfg.SEED), 0))
 
-    def _fixed_sample(self, tries: int = 8) -> dict:
+    def _fixed_sample(self, tries: int = 8) -> Optional[dict]:
+        """The mapped fixed sample (mapped on first use), or None when no early image is readable."""
         if self._mapped is None:
-            dicts = DatasetCatalog.get(self.dataset_name)
-            for index, dataset_dict in enumerate(dicts[:tries]):
+            for index, dataset_dict in enumerate(DatasetCatalog.get(self.dataset_name)[:tries]):
                 self._mapped = map_sample(self.mapper, dataset_dict, self.seed + index)
                 if self._mapped is not None:
                     break
-            if self._mapped is None:
-                raise RuntimeError(f"PointPanelHook: none of the first {tries} images of {self.dataset_name} "
-                                   "could be read")
         return self._mapped
 
     def after_step(self):
@@ -238,11 +224,17 @@ class PointPanelHook(HookBase):
             return
         if next_iter % self.period and next_iter != self.trainer.max_iter:
             return
+        mapped = self._fixed_sample()
+        if mapped is None:
+            logger.warning(f"PointPanelHook: none of the first images of {self.dataset_name} could be read; "
+                           "no point panels in this run")
+            self.period = 0
+            return
         title = f"PLRC points and affinities: {self.dataset_name}, after {next_iter} iterations"
-        panel = render_panel(unwrap_model(self.trainer.model), self._fixed_sample(),
-                             input_format=self.input_format, options=self.options, title=title)
+        panel = render_panel(_unwrap(self.trainer.model), mapped, input_format=self.input_format,
+                             options=self.options, title=title)
         get_event_storage().put_image("plrc/point_panel", torch.from_numpy(panel).permute(2, 0, 1).float() / 255)
         os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, f"point_panel_{next_iter - 1:07d}.png")
+        path = os.path.join(self.output_dir, f"point_panel_{next_iter - 1:07d}.png")  # as model_<iter>.pth
         Image.fromarray(panel).save(path)
         logger.info(f"Wrote point panel {path}")
