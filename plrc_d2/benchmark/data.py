@@ -1,0 +1,89 @@
+"""`python tools/benchmark.py data`: PLRCDatasetMapper samples/s in one process on one core, per region source.
+
+Images: procedural photo-like scenes (plrc_d2/data/demo_scenes.py: textured background, objects, noise),
+500 x 375 JPEGs (quality 90) written to a temporary folder, with instance annotations for the
+"annotations" source. Each sample = decode + region map + three S-px views + R x P points per view.
+"""
+import argparse
+import os
+import tempfile
+import time
+
+import cv2
+import numpy as np
+import torch
+
+
+def _make_images(folder: str, count: int, height: int, width: int):
+    from detectron2.structures import BoxMode
+
+    from plrc_d2.data.demo_scenes import render_scene
+
+    dicts = []
+    for i in range(count):
+        image, instances = render_scene(np.random.default_rng([1234, i]), shape=(height, width))
+        path = os.path.join(folder, f"{i:04d}.jpg")
+        cv2.imwrite(path, image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        anns = [{"bbox": a["bbox"], "bbox_mode": BoxMode.XYWH_ABS, "segmentation": a["segmentation"],
+                 "category_id": a["category_id"] - 1, "iscrowd": 0} for a in instances]
+        dicts.append({"file_name": path, "image_id": i, "height": height, "width": width, "annotations": anns})
+    return dicts
+
+
+def _mapper(args, source: str, shared_regions: int):
+    from detectron2.config import get_cfg
+
+    from plrc_d2.config import add_plrc_config
+    from plrc_d2.data import PLRCDatasetMapper
+
+    cfg = add_plrc_config(get_cfg())
+    cfg.merge_from_list(["INPUT.FORMAT", "RGB", "INPUT.PLRC.REGION_SOURCE", source,
+                         "INPUT.PLRC.CROP_SIZE", args.crop_size, "INPUT.PLRC.POINTS_PER_REGION", args.points,
+                         "INPUT.PLRC.NUM_SHARED_REGIONS", shared_regions] + args.opts)
+    return PLRCDatasetMapper(cfg)
+
+
+def _measure(mapper, dicts, samples: int, warmup: int = 5):
+    """(samples per wall second, samples per CPU second of this process). On a shared machine the CPU-time
+    rate is the per-core figure; the wall rate also counts time the process waited for a core."""
+    for i in range(warmup):
+        mapper(dicts[i % len(dicts)], rng=np.random.default_rng([0, i]))
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(samples):
+        assert mapper(dicts[i % len(dicts)], rng=np.random.default_rng([1, i])) is not None
+    return samples / (time.perf_counter() - wall), samples / (time.process_time() - cpu)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="tools/benchmark.py data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sources", nargs="+", default=["grid", "felzenszwalb", "annotations"])
+    parser.add_argument("--shared-regions", type=int, nargs="+", default=[1, 16],
+                        help="INPUT.PLRC.NUM_SHARED_REGIONS values (R); 1 = reference, 16 = all 4x4 cells")
+    parser.add_argument("--crop-size", type=int, default=224, help="S, pixels")
+    parser.add_argument("--points", type=int, default=32, help="P, points per region per view")
+    parser.add_argument("--images", type=int, default=64, help="distinct 500x375 images generated")
+    parser.add_argument("--samples", type=int, default=300, help="timed samples per setting")
+    parser.add_argument("--profile", action="store_true", help="cProfile the first setting, print the top 25")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="more KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    cv2.setNumThreads(1)  # one core per worker process, as in the data loader
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as folder:
+        dicts = _make_images(folder, args.images, 375, 500)
+        print(f"{args.images} images 500x375 JPEG, S={args.crop_size}, P={args.points}, 3 views, one process, "
+              f"cv2/torch threads = 1")
+        print(f"{'region source':<14} {'R':>3} {'samples/s (wall)':>17} {'samples/CPU-s':>14} {'CPU ms/sample':>14}")
+        for source in args.sources:
+            for r in args.shared_regions:
+                mapper = _mapper(args, source, r)
+                if args.profile:
+                    import cProfile
+                    import pstats
+
+                    cProfile.runctx("_measure(mapper, dicts, args.samples)", globals(), locals(), "/tmp/plrc_data.prof")
+                    pstats.Stats("/tmp/plrc_data.prof").sort_stats("cumulative").print_stats(25)
+                    return
+                wall_rate, cpu_rate = _measure(mapper, dicts, args.samples)
+                print(f"{source:<14} {r:>3} {wall_rate:>17.1f} {cpu_rate:>14.1f} {1000.0 / cpu_rate:>14.2f}",
+                      flush=True)

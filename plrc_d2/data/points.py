@@ -1,0 +1,118 @@
+"""Shared regions and points per region (pure numpy, explicit RNG).
+
+Shorthand: R rows (INPUT.PLRC.NUM_SHARED_REGIONS), P points per region, M view region-map size.
+Coordinate frames (names carry them):
+  *_wrt_view   (x, y) in [0,1]^2 of a view; view pixel i of an S-pixel view has its centre at (i + 0.5) / S.
+  *_wrt_image  (x, y) in [0,1]^2 of the original image.
+  crop_box_wrt_image  float (4,) x0, y0, x1, y1 in [0,1]^2 of the original image such that
+                      p_wrt_image = (x0, y0) + p_wrt_view * (x1 - x0, y1 - y0); x0 > x1 when the view is flipped.
+  box_px       int (4,) x0, y0, x1, y1 of a crop in original-image pixels (unflipped, x1/y1 exclusive).
+"""
+from typing import Dict, Sequence
+
+import numpy as np
+
+from .regions import read_region_map
+
+__all__ = ["box_overlap", "view_cell_centres", "view_to_image", "view_region_map",
+           "shared_region_points", "points_in_regions", "DUMMY_POINT"]
+
+DUMMY_POINT = 0.5  # (x, y) of the rows that hold no region: finite and inside the view
+
+
+def box_overlap(box_a_px: Sequence[float], box_b_px: Sequence[float]) -> float:
+    """|A n B| / max(|A|, |B|) of two boxes x0, y0, x1, y1 (original-image pixels). 0 for disjoint boxes."""
+    iw = min(box_a_px[2], box_b_px[2]) - max(box_a_px[0], box_b_px[0])
+    ih = min(box_a_px[3], box_b_px[3]) - max(box_a_px[1], box_b_px[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    area_a = (box_a_px[2] - box_a_px[0]) * (box_a_px[3] - box_a_px[1])
+    area_b = (box_b_px[2] - box_b_px[0]) * (box_b_px[3] - box_b_px[1])
+    return float(iw * ih) / float(max(area_a, area_b))
+
+
+def view_cell_centres(size: int) -> np.ndarray:
+    """float32 (size, size, 2): (x, y) wrt view of the centres of a size x size grid over the view."""
+    c = (np.arange(size, dtype=np.float32) + 0.5) / size
+    xs, ys = np.meshgrid(c, c)  # xs[i, j] = c[j], ys[i, j] = c[i]
+    return np.stack([xs, ys], axis=-1)
+
+
+def view_to_image(points_wrt_view: np.ndarray, crop_box_wrt_image: np.ndarray) -> np.ndarray:
+    """Maps float (..., 2) points wrt view to points wrt the original image (flip-aware via the crop box)."""
+    box = np.asarray(crop_box_wrt_image, dtype=np.float64)
+    origin, extent = box[:2], box[2:] - box[:2]
+    return (origin + points_wrt_view * extent).astype(np.float32)
+
+
+def view_region_map(region_map: np.ndarray, crop_box_wrt_image: np.ndarray, size: int) -> np.ndarray:
+    """The region map read in a view: int32 (size, size), the region id under each cell centre of the view.
+
+    Reading the original map at the view's cell centres (mapped through the view's crop box) is the same
+    geometric transform that maps points; it is exact at any map resolution and never blends ids. Equal to
+    `read_region_map(region_map, view_to_image(view_cell_centres(size), crop_box_wrt_image))`, computed
+    separably (the crop is axis-aligned).
+    """
+    centres = (np.arange(size, dtype=np.float64) + 0.5) / size
+    box = np.asarray(crop_box_wrt_image, dtype=np.float64)
+    xs = (box[0] + centres * (box[2] - box[0])).astype(np.float32)  # same rounding as view_to_image
+    ys = (box[1] + centres * (box[3] - box[1])).astype(np.float32)
+    h_m, w_m = region_map.shape
+    cols = np.clip((xs * w_m).astype(np.int64), 0, w_m - 1)
+    rows = np.clip((ys * h_m).astype(np.int64), 0, h_m - 1)
+    return region_map[rows[:, None], cols[None, :]].astype(np.int32, copy=False)
+
+
+def points_in_regions(view_map: np.ndarray, region_ids: np.ndarray, num_points: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """P points per region, uniformly among the view cells of that region (without replacement when the
+    region has >= P cells, else with replacement).
+
+    Args:
+        view_map: int (M, M) region ids of a view (:func:`view_region_map`).
+        region_ids: int (R,), -1 = no region.
+    Returns:
+        float32 (R, P, 2) points wrt view at cell centres ((j + 0.5) / M, (i + 0.5) / M); rows whose region is
+        -1 or not visible in this view hold DUMMY_POINT.
+    """
+    size = view_map.shape[0]
+    region_ids = np.asarray(region_ids, dtype=np.int64)
+    candidates = np.flatnonzero(np.isin(view_map, region_ids[region_ids >= 0]))  # cells of wanted regions
+    ids = view_map.reshape(-1)[candidates].astype(np.int64)
+    # candidates grouped by region id, in random order within each region (one integer argsort)
+    order = candidates[np.argsort((ids << 32) | rng.integers(0, 1 << 31, size=ids.size))]
+    sorted_ids = np.sort(ids)
+    starts = np.searchsorted(sorted_ids, region_ids, side="left")
+    counts = np.searchsorted(sorted_ids, region_ids, side="right") - starts
+    first_p = np.broadcast_to(np.arange(num_points), (len(region_ids), num_points))
+    with_replacement = np.floor(rng.random((len(region_ids), num_points)) * counts[:, None]).astype(np.int64)
+    offsets = np.where(counts[:, None] >= num_points, first_p, with_replacement)
+    cells = order[np.clip(starts[:, None] + offsets, 0, max(order.size - 1, 0))] if order.size else \
+        np.zeros((len(region_ids), num_points), dtype=np.int64)
+    points = np.stack([(cells % size + 0.5) / size, (cells // size + 0.5) / size], axis=-1).astype(np.float32)
+    visible = (region_ids >= 0) & (counts > 0)
+    points[~visible] = DUMMY_POINT
+    return points
+
+
+def shared_region_points(view_map_q: np.ndarray, view_map_k: np.ndarray, num_rows: int, num_points: int,
+                         rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Picks up to R regions visible in both V_q and V_k and draws P points per region in each view.
+
+    Args:
+        view_map_q, view_map_k: int (M, M) region ids of V_q and V_k.
+        num_rows: R; rows beyond the number of shared regions are invalid.
+    Returns:
+        dict with "region_ids" int64 (R,) (-1 = invalid row), "region_valid" bool (R,),
+        "points_q", "points_k" float32 (R, P, 2) wrt their view (DUMMY_POINT in invalid rows).
+    """
+    shared = np.intersect1d(np.unique(view_map_q), np.unique(view_map_k))
+    picked = rng.permutation(shared)[:num_rows]  # uniformly random regions, in random row order
+    region_ids = np.full(num_rows, -1, dtype=np.int64)
+    region_ids[: len(picked)] = picked
+    return {
+        "region_ids": region_ids,
+        "region_valid": region_ids >= 0,
+        "points_q": points_in_regions(view_map_q, region_ids, num_points, rng),
+        "points_k": points_in_regions(view_map_k, region_ids, num_points, rng),
+    }
