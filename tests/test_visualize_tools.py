@@ -94,6 +94,8 @@ def test_visualize_points_tool(tmp_path, image_path, model):
     args[args.index(str(out))] = str(single)
     assert tool.main(args + ["--weights", str(weights / "model_final.pth"), "--embedding", "distill"]) == 0
     assert Image.open(single).size == panel_size(2, TILE)[::-1]
+    with pytest.raises(SystemExit, match="of the wrong shape"):  # a checkpoint of another head size
+        tool.main(args + ["--weights", str(weights / "model_final.pth"), "MODEL.PLRC.EMBED_DIM", "16"])
 
 
 def test_visualize_points_rejects_wrong_checkpoints(tmp_path, image_path):

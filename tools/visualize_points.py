@@ -4,8 +4,8 @@
     python tools/visualize_points.py --config-file configs/plrc_pretrain.yaml \\
         --weights output/demo/pretrain/model_final.pth --input photo.jpg --output viz/
 
-Per input image, one PNG `<output>/<image name>_points.png` (or --output some.png for one image): the three views V_q, V_k, V_d with their
-region maps, the sampled points coloured by region (V_q circles, V_k squares, dashed line = the same
+Per input image, one PNG `<output>/<image name>_points.png` (or --output some.png for one image):
+the three views V_q, V_k, V_d with their region maps, the sampled points coloured by region (V_q circles, V_k squares, dashed line = the same
 region), the original image with the three crop boxes, the V_q/V_d cell pairs matched for affinity
 distillation (same colour = a pair), and for a few query points of V_q their cosine-similarity maps over
 V_q, V_k, V_d and the whole image (encoded at 2 x S). --input is an image or a folder of images
@@ -90,10 +90,12 @@ def load_weights(model, path: str) -> str:
     try:
         extra = checkpointer.load(path, checkpointables=[])
     except Exception as e:  # torch/pickle raise many types for a file that is not a checkpoint
-        raise SystemExit(f"error: --weights {path!r} is not a readable checkpoint: {type(e).__name__}: {e}")
+        reason = (str(e).strip().splitlines() or [""])[0][:160]
+        raise SystemExit(f"error: --weights {path!r} is not a readable checkpoint ({type(e).__name__}: {reason})")
     incompatible = checkpointer.incompatible
-    problems = {"missing": incompatible.missing_keys,
-                "of the wrong shape": [k for k, *_ in incompatible.incorrect_shapes]}
+    wrong_shape = [k for k, *_ in incompatible.incorrect_shapes]  # fvcore also lists these as missing
+    problems = {"missing": [k for k in incompatible.missing_keys if k not in wrong_shape],
+                "of the wrong shape": wrong_shape}
     problems = {what: keys for what, keys in problems.items() if keys}
     if problems:
         detail = "; ".join(f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})" for what, keys in problems.items())
