@@ -8,6 +8,7 @@ Add --num-gpus / --num-machines / --machine-rank / --dist-url to scale out, --re
 """
 import logging
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -25,6 +26,9 @@ def setup(args):
     add_plrc_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        print(f"No CUDA device available: running on the CPU instead of MODEL.DEVICE={cfg.MODEL.DEVICE!r}")
+        cfg.MODEL.DEVICE = "cpu"
     if is_pretraining(cfg):
         validate_plrc_config(cfg, world_size=args.num_gpus * args.num_machines)
     cfg.freeze()
