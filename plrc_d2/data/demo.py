@@ -83,7 +83,7 @@ def prepare_demo_data(root: Optional[str] = None, spec: DemoSpec = DemoSpec()) -
             return root
         counts = {"unlabeled": spec.num_unlabeled, "train": spec.num_train, "val": spec.num_val}
         logger.info(f"Generating the PLRC demo data into {root} (seed {spec.seed}, {counts})")
-        with tqdm(total=sum(counts.values()), desc="PLRC demo data", unit="img") as progress:
+        with tqdm(total=sum(counts.values()), desc="PLRC demo data", unit="img", mininterval=2.0) as progress:
             for split, count in counts.items():
                 _write_split(root, split, count, spec, progress)
         with open(marker, "w") as f:

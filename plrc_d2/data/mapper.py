@@ -2,6 +2,7 @@
 import logging
 from typing import Dict, Optional
 
+import cv2
 import numpy as np
 import torch
 from detectron2.config import configurable
@@ -127,7 +128,7 @@ class PLRCDatasetMapper:
         for geo, pts in zip(geometry, points):
             pixels = self.view_sampler.render(image, geo, rng)
             views.append({
-                "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
+                "image": torch.from_numpy(np.stack(cv2.split(pixels))),  # (3, S, S); faster than a transpose copy
                 "points": torch.from_numpy(pts),
                 "crop_box": torch.from_numpy(geo.crop_box.copy()),
             })

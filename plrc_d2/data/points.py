@@ -15,7 +15,7 @@ import numpy as np
 from .regions import read_region_map
 
 __all__ = ["box_overlap", "view_cell_centres", "view_to_image", "view_region_map",
-           "shared_region_points", "points_in_regions", "DUMMY_POINT"]
+           "shared_region_points", "points_in_regions", "regions_present", "DUMMY_POINT"]
 
 DUMMY_POINT = 0.5  # (x, y) of the rows that hold no region: finite and inside the view
 
@@ -76,23 +76,24 @@ def points_in_regions(view_map: np.ndarray, region_ids: np.ndarray, num_points: 
         -1 or not visible in this view hold DUMMY_POINT.
     """
     size = view_map.shape[0]
-    region_ids = np.asarray(region_ids, dtype=np.int64)
-    candidates = np.flatnonzero(np.isin(view_map, region_ids[region_ids >= 0]))  # cells of wanted regions
-    ids = view_map.reshape(-1)[candidates].astype(np.int64)
-    # candidates grouped by region id, in random order within each region (one integer argsort)
-    order = candidates[np.argsort((ids << 32) | rng.integers(0, 1 << 31, size=ids.size))]
-    sorted_ids = np.sort(ids)
-    starts = np.searchsorted(sorted_ids, region_ids, side="left")
-    counts = np.searchsorted(sorted_ids, region_ids, side="right") - starts
-    first_p = np.broadcast_to(np.arange(num_points), (len(region_ids), num_points))
-    with_replacement = np.floor(rng.random((len(region_ids), num_points)) * counts[:, None]).astype(np.int64)
-    offsets = np.where(counts[:, None] >= num_points, first_p, with_replacement)
-    cells = order[np.clip(starts[:, None] + offsets, 0, max(order.size - 1, 0))] if order.size else \
-        np.zeros((len(region_ids), num_points), dtype=np.int64)
-    points = np.stack([(cells % size + 0.5) / size, (cells // size + 0.5) / size], axis=-1).astype(np.float32)
-    visible = (region_ids >= 0) & (counts > 0)
-    points[~visible] = DUMMY_POINT
+    flat = view_map.reshape(-1)
+    points = np.full((len(region_ids), num_points, 2), DUMMY_POINT, dtype=np.float32)
+    for row, region in enumerate(region_ids):
+        cells = np.flatnonzero(flat == region) if region >= 0 else flat[:0]
+        if cells.size == 0:
+            continue
+        if cells.size >= num_points:
+            chosen = cells[rng.permutation(cells.size)[:num_points]]
+        else:
+            chosen = cells[rng.integers(0, cells.size, num_points)]
+        points[row, :, 0] = (chosen % size + 0.5) / size
+        points[row, :, 1] = (chosen // size + 0.5) / size
     return points
+
+
+def regions_present(view_map: np.ndarray, num_ids: int) -> np.ndarray:
+    """bool (num_ids,): which region ids 0..num_ids-1 occur in an int map of ids >= 0."""
+    return np.bincount(view_map.reshape(-1), minlength=num_ids)[:num_ids] > 0
 
 
 def shared_region_points(view_map_q: np.ndarray, view_map_k: np.ndarray, num_rows: int, num_points: int,
@@ -106,7 +107,8 @@ def shared_region_points(view_map_q: np.ndarray, view_map_k: np.ndarray, num_row
         dict with "region_ids" int64 (R,) (-1 = invalid row), "region_valid" bool (R,),
         "points_q", "points_k" float32 (R, P, 2) wrt their view (DUMMY_POINT in invalid rows).
     """
-    shared = np.intersect1d(np.unique(view_map_q), np.unique(view_map_k))
+    num_ids = int(max(view_map_q.max(), view_map_k.max())) + 1
+    shared = np.flatnonzero(regions_present(view_map_q, num_ids) & regions_present(view_map_k, num_ids))
     picked = rng.permutation(shared)[:num_rows]  # uniformly random regions, in random row order
     region_ids = np.full(num_rows, -1, dtype=np.int64)
     region_ids[: len(picked)] = picked

@@ -16,7 +16,7 @@ import numpy as np
 from .augmentation import (
     RandomColorJitter, RandomGaussianBlur, RandomGrayscale, RandomResizedCrop, crop_box_px, crop_box_wrt_image,
 )
-from .points import box_overlap, view_region_map
+from .points import box_overlap, regions_present, view_region_map
 
 __all__ = ["ViewSettings", "ViewGeometry", "ViewSampler"]
 
@@ -99,13 +99,15 @@ class ViewSampler:
         """[V_q, V_k, V_d] geometry for an (H, W, C) image and its region map (regions.py)."""
         min_overlap = self.settings.distill_min_overlap
         query = self._draw(image, region_map, rng)
-        query_ids = np.unique(query.region_map)
+        num_ids = int(region_map.max()) + 1
+        query_present = regions_present(query.region_map, num_ids)
 
         def overlaps(transform):
             return box_overlap(query.box_px, crop_box_px(transform)) >= min_overlap
 
         def shares_region(transform):
-            return bool(np.isin(self._view_map(transform, image.shape[:2], region_map), query_ids).any())
+            view_map = self._view_map(transform, image.shape[:2], region_map)
+            return bool((regions_present(view_map, num_ids) & query_present).any())
 
         if self.settings.reuse_key_as_distill:
             key = self._draw_constrained(image, region_map, rng, lambda v: shares_region(v) and overlaps(v), query)
