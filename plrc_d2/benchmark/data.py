@@ -73,7 +73,8 @@ def main(argv=None):
         dicts = _make_images(folder, args.images, 375, 500)
         print(f"{args.images} images 500x375 JPEG, S={args.crop_size}, P={args.points}, 3 views, one process, "
               f"cv2/torch threads = 1")
-        print(f"{'region source':<14} {'R':>3} {'samples/s (wall)':>17} {'samples/CPU-s':>14} {'CPU ms/sample':>14}")
+        print(f"{'region source':<14} {'R':>3} {'samples/s (wall)':>17} {'samples/CPU-s':>14} "
+              f"{'CPU ms/sample':>14}")
         for source in args.sources:
             for r in args.shared_regions:
                 mapper = _mapper(args, source, r)
@@ -81,8 +82,9 @@ def main(argv=None):
                     import cProfile
                     import pstats
 
-                    cProfile.runctx("_measure(mapper, dicts, args.samples)", globals(), locals(), "/tmp/plrc_data.prof")
-                    pstats.Stats("/tmp/plrc_data.prof").sort_stats("cumulative").print_stats(25)
+                    profile = os.path.join(folder, "data.prof")
+                    cProfile.runctx("_measure(mapper, dicts, args.samples)", globals(), locals(), profile)
+                    pstats.Stats(profile).sort_stats("cumulative").print_stats(25)
                     return
                 wall_rate, cpu_rate = _measure(mapper, dicts, args.samples)
                 print(f"{source:<14} {r:>3} {wall_rate:>17.1f} {cpu_rate:>14.1f} {1000.0 / cpu_rate:>14.2f}",

@@ -18,8 +18,8 @@ from detectron2.data.transforms import (
     TransformList,
 )
 
-__all__ = ["ViewAugInput", "sample_crop_box", "CV2ResizeTransform", "CV2HFlipTransform", "RandomResizedCrop", "crop_box_px",
-           "crop_box_wrt_image", "ColorJitterTransform", "RandomColorJitter", "GrayscaleTransform",
+__all__ = ["ViewAugInput", "sample_crop_box", "CV2ResizeTransform", "CV2HFlipTransform", "RandomResizedCrop",
+           "crop_box_px", "crop_box_wrt_image", "ColorJitterTransform", "RandomColorJitter", "GrayscaleTransform",
            "RandomGrayscale", "GaussianBlurTransform", "RandomGaussianBlur"]
 
 _TO_GRAY = {"RGB": cv2.COLOR_RGB2GRAY, "BGR": cv2.COLOR_BGR2GRAY}

@@ -68,6 +68,14 @@ def _write_split(root: str, split: str, count: int, spec: DemoSpec, progress) ->
         json.dump(coco, f)
 
 
+def _read_text(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def prepare_demo_data(root: Optional[str] = None, spec: DemoSpec = DemoSpec()) -> str:
     """Generates the demo data into `root` (default get_demo_root()) unless it is already there for `spec`.
     Safe to call from several processes at once (a file lock). Returns root."""
@@ -79,7 +87,7 @@ def prepare_demo_data(root: Optional[str] = None, spec: DemoSpec = DemoSpec()) -
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.exists(marker) and open(marker).read() == want:
+        if _read_text(marker) == want:
             return root
         counts = {"unlabeled": spec.num_unlabeled, "train": spec.num_train, "val": spec.num_val}
         logger.info(f"Generating the PLRC demo data into {root} (seed {spec.seed}, {counts})")

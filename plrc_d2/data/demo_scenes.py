@@ -86,7 +86,8 @@ def _paint(image, owner, category, texture_family, owner_id, rng) -> None:
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     weight = _texture(texture_family, xx - centre[0], yy - centre[1], rng)[..., None]
     colour_a, colour_b = _random_colour(rng), _random_colour(rng)
-    shade = 1.0 + 0.25 * ((xx - centre[0]) * rng.uniform(-1, 1) + (yy - centre[1]) * rng.uniform(-1, 1))[..., None] / radius
+    gradient = (xx - centre[0]) * rng.uniform(-1, 1) + (yy - centre[1]) * rng.uniform(-1, 1)
+    shade = 1.0 + 0.25 * gradient[..., None] / radius  # a linear lighting gradient across the object
     patch = (colour_a * (1 - weight) + colour_b * weight) * shade
     inside = mask.astype(bool)
     image[y0:y1, x0:x1][inside] = patch[inside]
@@ -102,7 +103,8 @@ def _instances(owner: np.ndarray, categories: List[int], min_area: int) -> List[
         if area < min_area:
             continue
         contours, _ = cv2.findContours(visible, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        polygons = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3 and cv2.contourArea(c) >= 4]
+        polygons = [c.reshape(-1).astype(float).tolist() for c in contours
+                    if len(c) >= 3 and cv2.contourArea(c) >= 4]
         if not polygons:
             continue
         x, y, w, h = cv2.boundingRect(visible)

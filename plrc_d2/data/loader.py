@@ -15,7 +15,7 @@ sees different samples.
 """
 import logging
 from collections import Counter
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch

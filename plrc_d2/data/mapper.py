@@ -39,6 +39,10 @@ class PLRCDatasetMapper:
     visible in V_d, else (0.5, 0.5); the model does not use them. With REUSE_KEY_AS_DISTILL, views[2] is
     views[1] (the same tensors) for every sample, so the model may skip V_d's forward.
 
+    Regions (INPUT.PLRC.REGION_SOURCE, regions.py): "grid" cells, "felzenszwalb" superpixels, or
+    "annotations": each instance mask of a labeled dict is a region and the background is region 0 (a
+    region of its own, so every pixel has a label and images without instances still train).
+
     Views: one RandomResizedCrop(+flip) transform per view is applied to the image and, through the same
     geometry (the crop box), to the region map and points. V_q/V_k share >= 1 region; V_q/V_d overlap
     >= DISTILL_MIN_OVERLAP (views.py; re-draws and fallbacks are counted in `self.stats`).

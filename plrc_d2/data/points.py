@@ -12,8 +12,6 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from .regions import read_region_map
-
 __all__ = ["box_overlap", "view_cell_centres", "view_to_image", "view_region_map",
            "shared_region_points", "points_in_regions", "regions_present", "DUMMY_POINT"]
 
@@ -50,7 +48,7 @@ def view_region_map(region_map: np.ndarray, crop_box_wrt_image: np.ndarray, size
 
     Reading the original map at the view's cell centres (mapped through the view's crop box) is the same
     geometric transform that maps points; it is exact at any map resolution and never blends ids. Equal to
-    `read_region_map(region_map, view_to_image(view_cell_centres(size), crop_box_wrt_image))`, computed
+    `regions.read_region_map(region_map, view_to_image(view_cell_centres(size), crop_box_wrt_image))`, computed
     separably (the crop is axis-aligned).
     """
     centres = (np.arange(size, dtype=np.float64) + 0.5) / size

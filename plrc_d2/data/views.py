@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import numpy as np
+from detectron2.data.transforms import AugmentationList
 
 from .augmentation import (
-    RandomColorJitter, RandomGaussianBlur, RandomGrayscale, RandomResizedCrop, crop_box_px, crop_box_wrt_image,
+    RandomColorJitter, RandomGaussianBlur, RandomGrayscale, RandomResizedCrop, ViewAugInput, crop_box_px,
+    crop_box_wrt_image,
 )
 from .points import box_overlap, regions_present, view_region_map
 
@@ -58,11 +60,11 @@ class ViewSampler:
         s = settings
         self.settings = s
         self.crop = RandomResizedCrop(s.crop_size, s.crop_scale, s.crop_ratio, s.flip_prob)
-        self.photometric = [
+        self.photometric = AugmentationList([
             RandomColorJitter(*s.color_jitter, prob=s.color_jitter_prob, image_format=image_format),
             RandomGrayscale(s.grayscale_prob, image_format=image_format),
             RandomGaussianBlur(s.blur_sigma, s.blur_prob),
-        ]
+        ])
         self.stats: Dict[str, int] = {"crop_retries": 0, "crop_failures": 0}
 
     def _geometry(self, transform, image_hw, region_map) -> ViewGeometry:
@@ -118,7 +120,6 @@ class ViewSampler:
 
     def render(self, image: np.ndarray, geometry: ViewGeometry, rng: np.random.Generator) -> np.ndarray:
         """The view image: uint8 (S, S, 3), geometry then colour jitter, grayscale, blur drawn from rng."""
-        view = np.ascontiguousarray(geometry.transform.apply_image(image))
-        for aug in self.photometric:
-            view = aug.get_transform(view, rng).apply_image(view)
-        return view
+        aug_input = ViewAugInput(np.ascontiguousarray(geometry.transform.apply_image(image)), rng)
+        self.photometric(aug_input)
+        return aug_input.image
