@@ -94,10 +94,37 @@ def test_distill_overlap_always_above_threshold(image_file):
     assert mapper.stats["crop_retries"] > 0  # the constraint was active (and counted)
 
 
+def _box_px(view):
+    x0, y0, x1, y1 = view["crop_box"].numpy() * [W, H, W, H]
+    return [min(x0, x1), y0, max(x0, x1), y1]
+
+
 def test_reuse_key_as_distill(image_file):
-    mapper = PLRCDatasetMapper(_cfg(REUSE_KEY_AS_DISTILL=True))
-    out = mapper({"file_name": image_file}, rng=np.random.default_rng(0))
-    assert out["views"][2] is out["views"][1]
+    mapper = PLRCDatasetMapper(_cfg(REUSE_KEY_AS_DISTILL=True, DISTILL_MIN_OVERLAP=0.6))
+    for seed in range(10):
+        out = mapper({"file_name": image_file}, rng=np.random.default_rng(seed))
+        assert out["views"][2] is out["views"][1]
+        assert box_overlap(_box_px(out["views"][0]), _box_px(out["views"][1])) >= 0.6 - 1e-6
+        assert out["region_valid"][0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_region_valid_counts_regions_seen_in_both_views(image_file, seed):
+    mapper = PLRCDatasetMapper(_cfg(NUM_SHARED_REGIONS=16, CROP_SCALE=(0.1, 0.3)))  # small crops: few shared
+    out = mapper({"file_name": image_file}, rng=np.random.default_rng(seed))
+    grid = grid_region_map(H, W, 4, 4)
+    seen = []
+    for view in out["views"][:2]:  # region ids under the 16 x 16 cell centres of each view
+        c = (np.arange(16) + 0.5) / 16
+        xs, ys = np.meshgrid(c, c)
+        p = view_to_image(np.stack([xs, ys], -1), view["crop_box"].numpy())
+        seen.append(set(grid[(p[..., 1] * H).astype(int), (p[..., 0] * W).astype(int)].ravel()))
+    valid = out["region_valid"].numpy()
+    assert valid.sum() == len(seen[0] & seen[1]) < 16
+    assert set(out["region_ids"].numpy()[valid]) == seen[0] & seen[1]
+    assert valid[: valid.sum()].all()  # valid rows first
+    for view in out["views"]:
+        assert (view["points"][~out["region_valid"]] == 0.5).all()
 
 
 def test_same_seed_same_sample(image_file):
