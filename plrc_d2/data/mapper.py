@@ -32,7 +32,8 @@ class PLRCDatasetMapper:
         dataset_dict["region_ids"]:   int64 (R,)  the region id of row r in the region map (-1 if invalid)
 
     Labels for the point loss are (image, row): row r of V_q and row r of V_k hold P points each of the
-    same region; rows r >= the number of regions shared by V_q and V_k have region_valid False and points
+    same region (the shared regions are picked uniformly at random, up to R, and fill the first rows);
+    rows r >= the number of regions shared by V_q and V_k have region_valid False and points
     at (0.5, 0.5) (finite, in range; the model ignores them). Points lie at centres of the M x M cells of
     their view ((j + 0.5) / M, (i + 0.5) / M) and are drawn uniformly among the cells of their region
     (without replacement when the region has >= P cells). V_d's rows hold points of the same regions where
