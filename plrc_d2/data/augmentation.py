@@ -149,7 +149,7 @@ class ColorJitterTransform(_PhotometricTransform):
         return cv2.convertScaleAbs(img, alpha=self.brightness)  # alpha >= 0: abs() changes nothing
 
     def _contrast(self, img):
-        mean = float(cv2.cvtColor(img, _TO_GRAY[self.image_format]).mean())
+        mean = cv2.mean(cv2.cvtColor(img, _TO_GRAY[self.image_format]))[0]
         return cv2.addWeighted(img, self.contrast, img, 0.0, (1.0 - self.contrast) * mean)
 
     def _saturation(self, img):
@@ -161,8 +161,7 @@ class ColorJitterTransform(_PhotometricTransform):
         if shift == 0:
             return img  # skip the lossy uint8 HSV round trip
         hsv = cv2.cvtColor(img, _TO_HSV[self.image_format])
-        lut = ((np.arange(256) + shift) % 256).astype(np.uint8)
-        hsv[..., 0] = cv2.LUT(hsv[..., 0], lut)
+        hsv[..., 0] += np.uint8(shift)  # uint8 arithmetic wraps around: a rotation of the hue circle
         return cv2.cvtColor(hsv, _FROM_HSV[self.image_format])
 
 
