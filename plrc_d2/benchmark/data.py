@@ -54,6 +54,20 @@ def _measure(mapper, dicts, samples: int, warmup: int = 5):
     return samples / (time.perf_counter() - wall), samples / (time.process_time() - cpu)
 
 
+def _measure_loader(mapper, dicts, workers: int, samples: int, batch_size: int = 32) -> float:
+    """Samples per wall second through PLRCTrainLoader with `workers` worker processes (after one batch)."""
+    from plrc_d2.data import PLRCTrainLoader, PLRCTrainStream
+
+    loader = PLRCTrainLoader(PLRCTrainStream(dicts, mapper, seed=0, batch_size=batch_size), workers)
+    batches = iter(loader)
+    next(batches)
+    num_batches = max(1, samples // batch_size)
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        next(batches)
+    return num_batches * batch_size / (time.perf_counter() - start)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tools/benchmark.py data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,6 +79,8 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=64, help="distinct 500x375 images generated")
     parser.add_argument("--samples", type=int, default=300, help="timed samples per setting")
     parser.add_argument("--profile", action="store_true", help="cProfile the first setting, print the top 25")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also time the full PLRCTrainLoader with this many worker processes (0 = skip)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="more KEY VALUE config overrides")
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)  # one core per worker process, as in the data loader
@@ -89,3 +105,7 @@ def main(argv=None):
                 wall_rate, cpu_rate = _measure(mapper, dicts, args.samples)
                 print(f"{source:<14} {r:>3} {wall_rate:>17.1f} {cpu_rate:>14.1f} {1000.0 / cpu_rate:>14.2f}",
                       flush=True)
+                if args.workers:
+                    rate = _measure_loader(mapper, dicts, args.workers, args.samples)
+                    print(f"{'':<14} {'':>3} loader, {args.workers} workers: {rate:.1f} samples/s "
+                          f"({rate / args.workers:.1f} per worker)", flush=True)
