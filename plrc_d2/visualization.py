@@ -24,7 +24,7 @@ from plrc_d2.data.points import view_to_image
 from plrc_d2.data.regions import read_region_map
 
 __all__ = [
-    "VIEW_NAMES", "PanelData", "AffinityData", "view_to_image", "image_to_view", "crop_region_map",
+    "VIEW_NAMES", "PanelData", "AffinityData", "image_to_view", "crop_region_map",
     "region_colors", "overlay_regions", "overlay_heatmap", "panel_size", "draw_point_panel",
 ]
 
@@ -57,7 +57,8 @@ class PanelData:
     crop_boxes_wrt_image: float (3, 4).
     points_wrt_view: float (2, R, P, 2), points of V_q and V_k.
     region_valid: bool (R,); region_ids: int (R,), the region of each point row (-1 = none).
-    image: (H, W, 3) original image; region_map: int (H, W) region id per original pixel.
+    image: (H, W, 3) original image; region_map: int region ids covering it, any resolution
+        (plrc_d2.data.regions: map pixel (i, j) covers [j/w, (j+1)/w) x [i/h, (i+1)/h) of [0, 1]^2).
     matched_cells: (idx_q, idx_d), int (n,) flat indices r * M + c of matched V_q / V_d cells.
     """
     views: List[np.ndarray]

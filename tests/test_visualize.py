@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from plrc_d2.data.points import view_to_image
 from plrc_d2.visualization import (
     AffinityData, PanelData, crop_region_map, draw_point_panel, image_to_view, overlay_heatmap,
-    overlay_regions, panel_size, view_to_image,
+    overlay_regions, panel_size,
 )
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
