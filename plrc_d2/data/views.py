@@ -75,10 +75,6 @@ class ViewSampler:
     def _draw(self, image, region_map, rng) -> ViewGeometry:
         return self._geometry(self.crop.get_transform(image, rng), image.shape[:2], region_map)
 
-    def _view_map(self, transform, image_hw, region_map) -> np.ndarray:
-        crop_box = crop_box_wrt_image(transform, image_hw[0], image_hw[1], self.settings.crop_size)
-        return view_region_map(region_map, crop_box, self.settings.region_map_size)
-
     def _fallback(self, query: ViewGeometry, image_hw, region_map, rng) -> ViewGeometry:
         x0, y0, x1, y1 = (int(v) for v in query.box_px)
         flip = bool(rng.random() < self.settings.flip_prob)
@@ -108,7 +104,7 @@ class ViewSampler:
             return box_overlap(query.box_px, crop_box_px(transform)) >= min_overlap
 
         def shares_region(transform):
-            view_map = self._view_map(transform, image.shape[:2], region_map)
+            view_map = self._geometry(transform, image.shape[:2], region_map).region_map
             return bool((regions_present(view_map, num_ids) & query_present).any())
 
         if self.settings.reuse_key_as_distill:
