@@ -105,6 +105,9 @@ class PLRCTrainLoader:
 
     def _report(self, stats: Dict[str, int]) -> None:
         self.totals.update(stats)
+        if stats.get("skipped_files"):
+            logger.warning(f"{stats['skipped_files']} unreadable image(s) skipped in this batch, "
+                           f"{self.totals['skipped_files']} so far (data/skipped_files)")
         from detectron2.utils.events import get_event_storage
 
         try:
