@@ -6,21 +6,25 @@ Shorthand: N images, D embedding dim, K queue length, n points / matched pairs, 
 `affinity_distillation_loss` is the definition on explicit (n, L) logits. `matched_distillation_loss`
 computes the same value for matched cells straight from the h x w maps: bilinear upsampling is linear,
 so a cell's upsampled embedding, its affinities to every upsampled anchor cell and its logits are
-4-tap combinations of per-feature-cell tables of size (N*h*w, h*w + logits). Nothing of size
-N x M^2 x M^2 or N x logits x M^2 is ever built; the (pairs, L) rows exist one chunk at a time.
+4-tap combinations of rows of a per-feature-cell table (N*h*w, M*M + logits) (`cell_table`). Nothing of
+size N x M^2 x M^2 or N x logits x M^2 is ever built; (cells, L) rows exist one chunk at a time, the
+student rows once per distinct V_q cell (not per pair), and the gradient is formed in the same pass
+(cross-entropy against a fixed target has the closed-form gradient softmax(s/t_s) - p_t), so backward
+costs one scaled copy of the table.
 """
 from dataclasses import dataclass
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "image_infonce_loss",
     "point_region_contrast_loss",
     "affinity_distillation_loss",
     "CellTables",
+    "cell_table",
+    "upsample_matrix",
     "gather_cell_logits",
     "matched_distillation_loss",
     "matched_teacher_sum",
@@ -94,80 +98,131 @@ def affinity_distillation_loss(student, teacher, center, student_temperature: fl
         return -(t * F.log_softmax(s / student_temperature, dim=-1)).sum(dim=-1).mean()
 
 
+def upsample_matrix(feat_hw: Tuple[int, int], map_size: int, device=None) -> torch.Tensor:
+    """(M*M, h*w) float32 matrix of bilinear upsampling (align_corners=False) from h x w to M x M."""
+    mats = []
+    for n in feat_hw:
+        eye = torch.eye(n, dtype=torch.float64, device=device).unsqueeze(1)
+        mats.append(F.interpolate(eye, size=map_size, mode="linear", align_corners=False)[:, 0, :].t())
+    return torch.kron(mats[0], mats[1]).float()
+
+
+def cell_table(u_view: torch.Tensor, u_anchor: torch.Tensor, weight: torch.Tensor, map_size: int,
+               affinity_divisor: float) -> torch.Tensor:
+    """Per-feature-cell rows of the distillation logits.
+
+    u_view, u_anchor: (N, d_u, h, w) distillation embeddings of a view and of the anchor view V_k (same
+    images); weight: (L', d_u) unit-row weight of the logits layer. Returns (N*h*w, M*M + L') float32:
+    row b*h*w + c = [u_view(c) . up(u_anchor)(a) / divisor for the M*M upsampled anchor cells a of image b]
+    ++ u_view(c) @ weight^T. Differentiable (autograd) w.r.t. all inputs.
+    """
+    n, _, h, w = u_view.shape
+    up = upsample_matrix((h, w), map_size, u_view.device)
+    cells = u_view.flatten(2).transpose(1, 2)  # (N, hw, d_u)
+    anchors_up = u_anchor.flatten(2) @ up.t()  # (N, d_u, M*M): only N x d_u x M^2
+    aff = torch.bmm(cells, anchors_up) / affinity_divisor  # (N, hw, M*M)
+    return torch.cat([aff, cells @ weight.t()], dim=2).reshape(n * h * w, -1)
+
+
 @dataclass
 class CellTables:
-    """Per-feature-cell tables of one side (student V_q or teacher V_d) of the distillation.
+    """One side (student V_q or teacher V_d) of the distillation.
 
-    table: (N*h*w, h*w + logits) float32; row b*h*w + c holds [u(c) . u_anchor(c') for the h*w anchor
-        cells c' of image b] ++ logits(c), u the view's L2-normalised distillation embedding.
-    rows, weights: (n, 4) bilinear taps (`matching.cell_taps`) of the matched M x M cells on this view.
-    feat_hw: (h, w); map_size: M; affinity_divisor: affinities are divided by it (reference 128).
+    table: (N*h*w, M*M + logits) float32 from `cell_table`.
+    rows, weights: (n, 4) bilinear taps (`matching.cell_taps`) of the M x M cells of this side.
+    counts: student only, optional host (CPU) int64 (n,): row i stands for counts[i] consecutive matched
+        pairs (pairs sorted by student cell); None = one pair per row.
     """
 
     table: torch.Tensor
     rows: torch.Tensor
     weights: torch.Tensor
-    feat_hw: Tuple[int, int]
-    map_size: int
-    affinity_divisor: float
-
-    def chunk(self, start: int, stop: int) -> "CellTables":
-        return CellTables(self.table, self.rows[start:stop], self.weights[start:stop], self.feat_hw,
-                          self.map_size, self.affinity_divisor)
+    counts: Optional[torch.Tensor] = None
 
 
 def gather_cell_logits(t: CellTables) -> torch.Tensor:
-    """-> (n, M*M + logits): [affinity of each matched cell to all M*M upsampled anchor cells / divisor]
-    ++ [upsampled logits], i.e. the rows of the naive upsample-then-dot computation."""
-    h, w = t.feat_hw
-    hw = h * w
-    mixed = F.embedding_bag(t.rows, t.table, per_sample_weights=t.weights.to(t.table.dtype), mode="sum")
-    aff = mixed[:, :hw].reshape(-1, 1, h, w)
-    aff = F.interpolate(aff, size=(t.map_size, t.map_size), mode="bilinear", align_corners=False)
-    return torch.cat([aff.flatten(1) / t.affinity_divisor, mixed[:, hw:]], dim=1)
+    """-> (n, M*M + logits): the rows of the naive upsample-then-dot computation at the cells."""
+    return F.embedding_bag(t.rows, t.table, per_sample_weights=t.weights.to(t.table.dtype), mode="sum")
 
 
-def _chunk_loss_sum(student_table, teacher_table, s_rows, s_weights, t_rows, t_weights, center, meta):
-    student, teacher, temps = meta
-    s = gather_cell_logits(CellTables(student_table, s_rows, s_weights, *student))
-    with torch.no_grad():
-        t = gather_cell_logits(CellTables(teacher_table, t_rows, t_weights, *teacher))
-    return affinity_distillation_loss(s, t, center, *temps) * s.shape[0]
+def _chunks(counts: torch.Tensor, pairs_per_chunk: int) -> List[Tuple[int, int, int, int]]:
+    """Host counts (cells,) -> [(cell0, cell1, pair0, pair1)] with about pairs_per_chunk pairs each."""
+    ends = counts.cumsum(0).tolist()
+    out, c0, p0 = [], 0, 0
+    for c, end in enumerate(ends):
+        if end - p0 >= pairs_per_chunk or c == len(ends) - 1:
+            out.append((c0, c + 1, p0, end))
+            c0, p0 = c + 1, end
+    return out
+
+
+def _tap_matrix(cells: CellTables, num_rows: int) -> torch.Tensor:
+    """Sparse (table rows, cells) matrix of the taps: its product with a (cells, L) gradient is the adjoint
+    of `gather_cell_logits` (an order of magnitude faster than index_add_ on the CPU)."""
+    c, taps = cells.rows.shape
+    cols = torch.arange(c, device=cells.rows.device).repeat_interleave(taps)
+    return torch.sparse_coo_tensor(torch.stack([cells.rows.reshape(-1), cols]), cells.weights.reshape(-1),
+                                   (num_rows, c), check_invariants=False).coalesce()
+
+
+class _FusedDistillation(torch.autograd.Function):
+    """Loss and its gradient w.r.t. the student table in one chunked pass (see module docstring)."""
+
+    @staticmethod
+    def forward(ctx, student_table, teacher_table, center, student, teacher, temps, pairs_per_chunk):
+        with torch.autocast(student_table.device.type, enabled=False):
+            return _FusedDistillation._run(ctx, student_table, teacher_table, center, student, teacher, temps,
+                                           pairs_per_chunk)
+
+    @staticmethod
+    def _run(ctx, student_table, teacher_table, center, student, teacher, temps, pairs_per_chunk):
+        s_temp, t_temp = temps
+        counts = student.counts if student.counts is not None else torch.ones(student.rows.shape[0], dtype=torch.long)
+        n = int(counts.sum())
+        dev_counts = counts.to(student_table.device, non_blocking=True).to(student_table.dtype)
+        grad = torch.zeros_like(student_table) if ctx.needs_input_grad[0] else None
+        total = student_table.new_zeros(())
+        for c0, c1, p0, p1 in _chunks(counts, max(pairs_per_chunk, 1)):
+            tch = CellTables(teacher_table, teacher.rows[p0:p1], teacher.weights[p0:p1])
+            probs = F.softmax(gather_cell_logits(tch).sub_(center).div_(t_temp), dim=1)  # (pairs, L)
+            owner = torch.repeat_interleave(torch.arange(c1 - c0, device=probs.device), dev_counts[c0:c1].long(),
+                                            output_size=p1 - p0)
+            target = probs.new_zeros(c1 - c0, probs.shape[1]).index_add_(0, owner, probs)  # sum of p_t per cell
+            del probs
+            st = CellTables(student_table, student.rows[c0:c1], student.weights[c0:c1])
+            z = gather_cell_logits(st).div_(s_temp)  # (cells, L)
+            lse = torch.logsumexp(z, dim=1)
+            k = dev_counts[c0:c1]
+            total = total + (k * lse).sum() - (target * z).sum()
+            if grad is not None:  # d/ds of the chunk's sum: (k softmax(z) - target) / t_s, in place
+                g = z.sub_(lse[:, None]).exp_().mul_(k[:, None]).sub_(target).div_(s_temp)
+                grad += torch.sparse.mm(_tap_matrix(st, grad.shape[0]), g)
+        if grad is not None:
+            ctx.save_for_backward(grad / max(n, 1))
+        return total / max(n, 1)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None, None, None, None, None
 
 
 def matched_distillation_loss(student: CellTables, teacher: CellTables, center, student_temperature: float,
                               teacher_temperature: float, chunk_size: int) -> torch.Tensor:
-    """`affinity_distillation_loss` of the n matched pairs, from the h x w tables.
+    """`affinity_distillation_loss` of the n matched pairs, from the cell tables (float32).
 
-    Pairs are processed `chunk_size` at a time (0: all at once); with more than one chunk each chunk is
-    recomputed in backward (activation checkpointing), so peak memory holds one chunk's (chunk, L) rows.
+    teacher rows are per pair; student rows per pair or per distinct cell with `counts`. Pairs are
+    processed about `chunk_size` at a time (0: all at once), so peak memory holds one chunk's (chunk, L)
+    rows. Gradients reach student.table only (the teacher and centre are constants).
     """
-    n = student.rows.shape[0]
-    if n == 0:
+    if student.rows.shape[0] == 0:
         return student.table.sum() * 0
-    chunk = n if chunk_size <= 0 else chunk_size
-    meta = (
-        (student.feat_hw, student.map_size, student.affinity_divisor),
-        (teacher.feat_hw, teacher.map_size, teacher.affinity_divisor),
-        (student_temperature, teacher_temperature),
-    )
-    teacher_table = teacher.table.detach()
-    total = student.table.sum() * 0
-    for start in range(0, n, chunk):
-        sl = slice(start, min(start + chunk, n))
-        args = (student.table, teacher_table, student.rows[sl], student.weights[sl], teacher.rows[sl],
-                teacher.weights[sl], center, meta)
-        if chunk < n and torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_loss_sum, *args, use_reentrant=False)
-        else:
-            total = total + _chunk_loss_sum(*args)
-    return total / n
+    chunk = teacher.rows.shape[0] if chunk_size <= 0 else chunk_size
+    return _FusedDistillation.apply(student.table, teacher.table.detach(), center.detach().float(), student, teacher,
+                                    (student_temperature, teacher_temperature), chunk)
 
 
 @torch.no_grad()
 def matched_teacher_sum(teacher: CellTables) -> torch.Tensor:
-    """(1, M*M + logits) sum over the matched pairs of the teacher rows, without building them
-    (a single bag over all taps, then the linear upsampling of the affinity part)."""
-    one_bag = CellTables(teacher.table, teacher.rows.reshape(1, -1), teacher.weights.reshape(1, -1),
-                         teacher.feat_hw, teacher.map_size, teacher.affinity_divisor)
-    return gather_cell_logits(one_bag)
+    """(1, M*M + logits) sum over the matched pairs of the teacher rows, without building them."""
+    return gather_cell_logits(CellTables(teacher.table, teacher.rows.reshape(1, -1), teacher.weights.reshape(1, -1)))

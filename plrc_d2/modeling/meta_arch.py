@@ -25,7 +25,7 @@ from detectron2.utils import comm
 from .distributed import all_reduce_sum, batch_shuffle, batch_unshuffle, concat_all_gather, shuffle_permutation
 from .encoder import PLRCEncoder, ema_update_, make_momentum_copy, zero_init_residual
 from .heads import DenseHead, DistillHead
-from .losses import (CellTables, image_infonce_loss, matched_distillation_loss, matched_teacher_sum,
+from .losses import (CellTables, cell_table, image_infonce_loss, matched_distillation_loss, matched_teacher_sum,
                      point_region_contrast_loss)
 from .matching import cell_taps, match_cells, point_labels, sample_points
 from .queue import FeatureQueue
@@ -257,20 +257,23 @@ class PLRC(nn.Module):
         return loss, acc
 
     def _distill_loss(self, u_q: torch.Tensor, u_d: torch.Tensor, u_k: torch.Tensor, batch):
-        """u maps (N, d_u, h, w) of V_q (student), V_d (teacher), V_k (anchors) -> (loss, #matched pairs)."""
+        """u maps (N, d_u, h, w) of V_q (student), V_d (teacher), V_k (anchors) -> (loss, #matched pairs).
+
+        Cells are matched on the CPU crop boxes (no device sync); student rows are built once per
+        distinct V_q cell, teacher rows per pair (see losses.matched_distillation_loss)."""
         p = self.params
         idx_q, idx_d = match_cells(batch.crop_boxes[0], batch.crop_boxes[2], p.map_size, p.match_radius,
                                    batch.image_size)
-        idx_q, idx_d = idx_q.to(self.device, non_blocking=True), idx_d.to(self.device, non_blocking=True)
+        cells_q, counts = torch.unique_consecutive(idx_q, return_counts=True)  # pairs are sorted by V_q cell
         hw = tuple(u_q.shape[-2:])
         with torch.autocast(self.device.type, enabled=False):
             w_q = self.encoder.distill_head.last_layer.normalized_weight().float()
-            student = CellTables(_cell_table(u_q.float(), u_k.float(), w_q), *cell_taps(idx_q, p.map_size, hw),
-                                 hw, p.map_size, p.affinity_divisor)
+            student = CellTables(cell_table(u_q.float(), u_k.float(), w_q, p.map_size, p.affinity_divisor),
+                                 *cell_taps(_to_device(cells_q, self.device), p.map_size, hw), counts)
             with torch.no_grad():
                 w_k = self.momentum_encoder.distill_head.last_layer.normalized_weight().float()
-                teacher = CellTables(_cell_table(u_d.float(), u_k.float(), w_k), *cell_taps(idx_d, p.map_size, hw),
-                                     hw, p.map_size, p.affinity_divisor)
+                teacher = CellTables(cell_table(u_d.float(), u_k.float(), w_k, p.map_size, p.affinity_divisor),
+                                     *cell_taps(_to_device(idx_d, self.device), p.map_size, hw))
             loss = matched_distillation_loss(student, teacher, self.center.clone(), p.student_temperature,
                                              self.teacher_temperature, p.distill_chunk_pairs)
             self._update_center(teacher, idx_q.shape[0])
@@ -313,11 +316,8 @@ class PLRC(nn.Module):
         return self._embed(images, momentum, "u")
 
 
-def _cell_table(u_view: torch.Tensor, u_anchor: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """u_view, u_anchor (N, d_u, h, w), weight (L', d_u) -> (N*h*w, h*w + L') rows
-    [u_view(c) . u_anchor(c') for all c' of the same image] ++ u_view(c) @ weight^T."""
-    n, c = u_view.shape[:2]
-    cells = u_view.flatten(2).transpose(1, 2)  # (N, hw, d_u)
-    gram = torch.bmm(cells, u_anchor.flatten(2))  # (N, hw, hw)
-    logits = cells @ weight.t()  # (N, hw, L')
-    return torch.cat([gram, logits], dim=2).reshape(-1, gram.shape[2] + logits.shape[2])
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor -> device without a blocking copy (pinned staging on CUDA)."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
