@@ -151,9 +151,9 @@ def test_moco_layout_to_fpn_via_cli(tmp_path, tv18, capsys):
 
 def test_plrc_d2_layout_to_fpn(tmp_path):
     online = d2_resnet_state(18)
-    sd = {f"backbone.{k}": v for k, v in online.items()}
-    sd.update({f"momentum_backbone.{k}": v * 2 for k, v in online.items()})
-    sd.update({"dense_head.0.weight": torch.ones(4, 4), "queue": torch.ones(16, 8)})
+    sd = {f"encoder.backbone.{k}": v for k, v in online.items()}
+    sd.update({f"momentum_encoder.backbone.{k}": v * 2 for k, v in online.items()})
+    sd.update({"encoder.dense_head.fc1.weight": torch.ones(4, 4), "queue": torch.ones(16, 8)})
     conv = extract_backbone(sd)
     assert conv.layout.name == "plrc_d2" and conv.arch.depth == 18
     pkl = tmp_path / "ours.pkl"
@@ -190,3 +190,26 @@ def test_target_check(tv18):
     check_target(conv, arch_for_depth(18))
     with pytest.raises(ConversionError, match="ResNet-18.*target is ResNet-50"):
         check_target(conv, arch_for_depth(50))
+
+
+def test_real_plrc_checkpoint_round_trip(tmp_path):
+    """A DetectionCheckpointer checkpoint of the tiny PLRC model: both encoders convert exactly."""
+    cfg = add_plrc_config(get_cfg())
+    cfg.merge_from_file(os.path.join(REPO, "configs/quick_schedules/plrc_R_18_quick.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # make the two encoders differ, as after training
+        for p in model.momentum_encoder.parameters():
+            p.add_(1.0)
+    DetectionCheckpointer(model, str(tmp_path)).save("model_final")
+    src, out = tmp_path / "model_final.pth", tmp_path / "plrc.pkl"
+    for encoder, module in (("momentum", model.momentum_encoder), ("online", model.encoder)):
+        assert cli_main([str(src), str(out), "--encoder", encoder, "--depth", "18"]) == 0
+        with open(out, "rb") as f:
+            converted = pickle.load(f)["model"]
+        expected = {k: v for k, v in module.backbone.state_dict().items() if not k.endswith("num_batches_tracked")}
+        assert converted.keys() == expected.keys()
+        for k, v in expected.items():
+            assert torch.equal(torch.as_tensor(converted[k]), v), (encoder, k)
+    load_and_compare(detection_cfg(FPN_CFG, 18), str(out), model.encoder.backbone.state_dict())

@@ -28,11 +28,11 @@ def r18():
 
 
 def plrc_r18_checkpoint(r18, path):
-    """A plrc_d2-layout checkpoint of a ResNet-18 (d2 names under backbone.)."""
+    """A plrc_d2-layout checkpoint of a ResNet-18 (d2 names under encoder.backbone.)."""
     from plrc_d2.checkpoint import extract_backbone, format_key
 
     conv = extract_backbone(r18)
-    model = {f"backbone.{format_key(k, 'd2')}": v for k, v in conv.tensors.items()}
+    model = {f"encoder.backbone.{format_key(k, 'd2')}": v for k, v in conv.tensors.items()}
     model["queue"] = torch.zeros(16, 8)
     torch.save({"model": model, "iteration": 10}, path)
 

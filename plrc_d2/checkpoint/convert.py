@@ -146,7 +146,7 @@ def extract_backbone(state_dict: Mapping[str, torch.Tensor], encoder: str = "onl
     """Renames the chosen encoder's backbone to ResNetKeys; everything else is counted as dropped."""
     layout, prefix = detect_layout(state_dict, encoder)
     tensors, mapped, unmapped, duplicated, dropped = {}, [], [], [], Counter()
-    depth = prefix.count(".") + 1
+    depth = max(1, prefix.count("."))  # dropped tensors are grouped by the prefix's depth
     for name, value in state_dict.items():
         if not name.startswith(prefix):
             dropped[_drop_group(name, layout, depth)] += 1

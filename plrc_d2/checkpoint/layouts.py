@@ -33,8 +33,9 @@ class Layout:
 LAYOUTS = (
     Layout(
         "plrc_d2", "d2",
-        online=("backbone.", "encoder_q.backbone.", "online.backbone.", "encoder.backbone."),
-        momentum=("momentum_backbone.", "encoder_k.backbone.", "momentum.backbone.", "momentum_encoder.backbone."),
+        # plrc_d2.modeling.meta_arch.PLRC: self.encoder / self.momentum_encoder, each a PLRCEncoder whose
+        # `backbone` is detectron2's build_resnet_backbone (heads: dense_head, distill_head; plus queue, center)
+        online=("encoder.backbone.",), momentum=("momentum_encoder.backbone.",),
         description="plrc_d2 pre-training checkpoint (DetectionCheckpointer .pth, {'model': state_dict})",
     ),
     Layout(
