@@ -60,10 +60,12 @@ class PLRCDatasetMapper:
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"PLRCDatasetMapper needs INPUT.FORMAT 'RGB' or 'BGR', got {image_format!r}")
         self.image_format = image_format
+        # Decoding and augmentation run in cv2's BGR order (no full-image colour conversion; the colour ops
+        # are channel-order aware); the output tensor takes INPUT.FORMAT's order.
         self.num_shared_regions = int(num_shared_regions)
         self.points_per_region = int(points_per_region)
-        self.view_sampler = ViewSampler(views, image_format)
-        self.region_source = RegionSource(regions, image_format)
+        self.view_sampler = ViewSampler(views, "BGR")
+        self.region_source = RegionSource(regions, "BGR")
         self._skipped = 0
 
     @classmethod
@@ -91,7 +93,7 @@ class PLRCDatasetMapper:
 
     def _read(self, dataset_dict) -> Optional[np.ndarray]:
         try:
-            image = read_image_uint8(dataset_dict["file_name"], self.image_format)
+            image = read_image_uint8(dataset_dict["file_name"], "BGR")
         except BadImageError as e:
             self._skipped += 1
             logger.warning(f"Skipping unreadable image ({self._skipped} skipped so far): {e}")
@@ -131,9 +133,11 @@ class PLRCDatasetMapper:
     def _views(self, image, geometry, points, rng):
         views = []
         for geo, pts in zip(geometry, points):
-            pixels = self.view_sampler.render(image, geo, rng)
+            channels = cv2.split(self.view_sampler.render(image, geo, rng))  # B, G, R planes (S, S)
+            if self.image_format == "RGB":
+                channels = channels[::-1]
             views.append({
-                "image": torch.from_numpy(np.stack(cv2.split(pixels))),  # (3, S, S); faster than a transpose copy
+                "image": torch.from_numpy(np.stack(channels)),  # (3, S, S); faster than a transpose copy
                 "points": torch.from_numpy(pts),
                 "crop_box": torch.from_numpy(geo.crop_box.copy()),
             })
