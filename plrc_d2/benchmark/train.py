@@ -8,8 +8,8 @@ full step  = PLRC forward (V_q online fwd, EMA update, V_k/V_d momentum fwds, th
 floor      = the backbone alone: one forward+backward on one view + two no-grad forwards (the least any
              two-encoder method with three views must compute).
 Each is measured in its own child process of this run (same config, inputs, threads), so peak memory is
-comparable: CUDA max_memory_allocated above the resident model, or on CPU the peak resident set size
-above the one after set-up. The optimizer step is excluded from both.
+comparable: CUDA max_memory_allocated, or on CPU the peak resident set size, above the state after set-up
+(warm-up included). The optimizer step is excluded from both.
 """
 import argparse
 import json
@@ -167,14 +167,17 @@ def _run_phase(args) -> dict:
     step = _step_fn(args.phase, model, inputs, args)
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for _ in range(args.warmup):
-        step()
-    sync()
+    # Peak memory above the state after set-up (model, optimizer-free, inputs); warm-up steps count too
+    # (on CPU freed memory stays in the process, so a baseline taken after them would hide the peak).
     if cuda:
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = _rss_bytes()
+    for _ in range(args.warmup):
+        step()
+    sync()
     start = time.perf_counter()
     for _ in range(args.iters):
         step()

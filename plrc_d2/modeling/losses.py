@@ -165,6 +165,22 @@ def _tap_matrix(cells: CellTables, num_rows: int) -> torch.Tensor:
                                    (num_rows, c), check_invariants=False).coalesce()
 
 
+def _teacher_targets(t_table, teacher: CellTables, p0: int, p1: int, counts) -> torch.Tensor:
+    """Sum, per student cell, of the teacher distributions softmax((t - c) / t_t) of its pairs [p0, p1).
+
+    t_table: teacher table / t_t with the row -c / t_t last; counts: (cells,) pairs per cell (device)."""
+    pairs = p1 - p0
+    bias = torch.full((pairs, 1), t_table.shape[0] - 1, dtype=torch.long, device=t_table.device)
+    rows = torch.cat([teacher.rows[p0:p1], bias], 1)
+    weights = torch.cat([teacher.weights[p0:p1], torch.ones_like(bias, dtype=teacher.weights.dtype)], 1)
+    x = gather_cell_logits(CellTables(t_table, rows, weights))  # (pairs, L)
+    x = x.sub_(x.amax(dim=1, keepdim=True)).exp_()
+    owner = torch.repeat_interleave(torch.arange(counts.shape[0], device=x.device), counts.long(), output_size=pairs)
+    norm = torch.sparse_coo_tensor(torch.stack([owner, torch.arange(pairs, device=x.device)]), 1.0 / x.sum(dim=1),
+                                   (counts.shape[0], pairs), check_invariants=False)
+    return torch.sparse.mm(norm, x)
+
+
 class _FusedDistillation(torch.autograd.Function):
     """Loss and its gradient w.r.t. the student table in one chunked pass (see module docstring)."""
 
@@ -180,22 +196,24 @@ class _FusedDistillation(torch.autograd.Function):
         counts = student.counts if student.counts is not None else torch.ones(student.rows.shape[0], dtype=torch.long)
         n = int(counts.sum())
         dev_counts = counts.to(student_table.device, non_blocking=True).to(student_table.dtype)
+        # Temperatures folded into the (small) tables; the teacher table gets a last row -c / t_t that every
+        # pair taps with weight 1, so one gather yields (t - c) / t_t.
+        t_table = torch.cat([teacher_table, -center.reshape(1, -1)]) / t_temp
+        s_table = student_table / s_temp
         grad = torch.zeros_like(student_table) if ctx.needs_input_grad[0] else None
         total = student_table.new_zeros(())
         for c0, c1, p0, p1 in _chunks(counts, max(pairs_per_chunk, 1)):
-            tch = CellTables(teacher_table, teacher.rows[p0:p1], teacher.weights[p0:p1])
-            probs = F.softmax(gather_cell_logits(tch).sub_(center).div_(t_temp), dim=1)  # (pairs, L)
-            owner = torch.repeat_interleave(torch.arange(c1 - c0, device=probs.device), dev_counts[c0:c1].long(),
-                                            output_size=p1 - p0)
-            target = probs.new_zeros(c1 - c0, probs.shape[1]).index_add_(0, owner, probs)  # sum of p_t per cell
-            del probs
-            st = CellTables(student_table, student.rows[c0:c1], student.weights[c0:c1])
-            z = gather_cell_logits(st).div_(s_temp)  # (cells, L)
-            lse = torch.logsumexp(z, dim=1)
+            target = _teacher_targets(t_table, teacher, p0, p1, dev_counts[c0:c1])  # (cells, L) sum of p_t
+            st = CellTables(s_table, student.rows[c0:c1], student.weights[c0:c1])
+            z = gather_cell_logits(st)  # (cells, L) student logits / t_s
+            cross = target.reshape(-1) @ z.reshape(-1)
+            z_max = z.amax(dim=1, keepdim=True)
+            e = z.sub_(z_max).exp_()  # in place: exp(z - max)
+            e_sum = e.sum(dim=1)
             k = dev_counts[c0:c1]
-            total = total + (k * lse).sum() - (target * z).sum()
+            total = total + (k * (z_max[:, 0] + e_sum.log())).sum() - cross
             if grad is not None:  # d/ds of the chunk's sum: (k softmax(z) - target) / t_s, in place
-                g = z.sub_(lse[:, None]).exp_().mul_(k[:, None]).sub_(target).div_(s_temp)
+                g = e.mul_((k / e_sum)[:, None]).sub_(target).div_(s_temp)
                 grad += torch.sparse.mm(_tap_matrix(st, grad.shape[0]), g)
         if grad is not None:
             ctx.save_for_backward(grad / max(n, 1))
