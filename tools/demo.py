@@ -94,8 +94,9 @@ def final_metrics(output_dir):
     return found if len(found) == len(METRICS) else {}
 
 
-def check_weights(config, weights, device, opts):
-    """Builds the fine-tune model and fails unless `weights` fills every ResNet tensor in it."""
+def check_weights(config, weights, device, opts, marker=None):
+    """Builds the fine-tune model and fails unless `weights` fills every ResNet tensor in it; on success
+    writes `marker` (the stage's proof of completion), if given."""
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -108,6 +109,9 @@ def check_weights(config, weights, device, opts):
     cfg.merge_from_list(list(opts) + ["MODEL.DEVICE", "cpu"])
     loaded = assert_backbone_loaded(build_model(cfg), os.path.join(REPO, weights))
     print(f"[check] {weights} initialises all {len(loaded)} ResNet tensors of the fine-tune model", flush=True)
+    if marker:
+        with open(marker, "w") as f:
+            f.write(f"{weights}: all {len(loaded)} ResNet tensors of {config} initialised\n")
 
 
 def table(stages, runs):
@@ -140,8 +144,9 @@ def main(argv=None):
     stages.run("pretrain", exists(final), train_command(args.pretrain_config, pre_dir, device, args.pretrain_opts))
     stages.run("convert", exists(weights), [sys.executable, os.path.join("tools", "convert_plrc_to_d2.py"), final,
                                             weights, "--config-file", args.finetune_config])
-    stages.run("check", lambda: False, func=lambda: check_weights(args.finetune_config, weights, device,
-                                                                 args.finetune_opts))
+    checked = weights + ".checked"
+    stages.run("check", exists(checked), func=lambda: check_weights(
+        args.finetune_config, weights, device, args.finetune_opts, os.path.join(REPO, checked)))
     stages.run("finetune_plrc", lambda: bool(final_metrics(ft_dir)),
                train_command(args.finetune_config, ft_dir, device, ["MODEL.WEIGHTS", weights, *args.finetune_opts]))
     stages.run("finetune_random_init", lambda: bool(final_metrics(rand_dir)),
