@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Transfer study: does point-level region contrast beat image-level contrast and random init?
+
+For each arm and seed: pre-train (same budget for every arm) -> convert -> fine-tune the same Mask R-CNN
+with the same schedule -> COCO evaluation. Writes results.json, results.md and results.png into --output.
+Every stage is skipped when its output exists, so an interrupted study continues where it stopped.
+
+    python projects/TransferStudy/run_study.py                     # the committed small-scale study
+    python projects/TransferStudy/run_study.py --arms plrc moco_v2 --seeds 0 1 2 4 5 --output out/big \
+        --pretrain-config configs/pretrain/plrc_R_50_100ep_in1k.yaml \
+        --finetune-config projects/FasterRCNN-VOC/configs/faster_rcnn_R_50_C4_voc_plrc.yaml --num-gpus 8
+
+Arms differ only in the keys listed in ARMS; `check_arms` verifies that on the resolved configs and the
+script refuses to run otherwise.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# arm -> pre-training overrides (None = no pre-training: fine-tune from random init)
+ARMS = {
+    "plrc": [],
+    "moco_v2": ["MODEL.PLRC.POINT_LOSS_WEIGHT", "0.0", "MODEL.PLRC.DISTILL_LOSS_WEIGHT", "0.0"],
+    "plrc_no_distill": ["MODEL.PLRC.DISTILL_LOSS_WEIGHT", "0.0"],
+    "plrc_all_regions": ["INPUT.PLRC.NUM_SHARED_REGIONS", "16"],  # all cells of the 4x4 grid
+    "plrc_felzenszwalb": ["INPUT.PLRC.REGION_SOURCE", "felzenszwalb"],
+    "random_init": None,
+}
+# keys that legitimately differ between runs of one arm/seed and another
+RUN_KEYS = {"OUTPUT_DIR", "SEED", "MODEL.WEIGHTS"}
+METRICS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "segm/AP")
+
+
+def load_cfg(config_file, opts):
+    from detectron2.config import get_cfg
+
+    import plrc_d2  # noqa: F401
+    from plrc_d2.config import add_plrc_config
+
+    cfg = get_cfg()
+    add_plrc_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def flatten(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        key = prefix + k
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def diff_keys(a, b):
+    fa, fb = flatten(a), flatten(b)
+    return {k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
+
+
+def check_arms(pretrain_config, arms, extra_opts=()):
+    """Raises if an arm's resolved pre-training config differs from the PLRC arm's in anything but its
+    own overrides. Returns {arm: sorted differing keys}."""
+    base = load_cfg(pretrain_config, extra_opts)
+    found = {}
+    for arm in arms:
+        overrides = ARMS[arm]
+        if overrides is None:
+            continue
+        cfg = load_cfg(pretrain_config, list(extra_opts) + overrides)
+        keys = diff_keys(base, cfg)
+        intended = set(overrides[0::2])
+        if not keys <= intended:
+            raise AssertionError(f"arm {arm} differs from 'plrc' in {sorted(keys - intended)} beyond {sorted(intended)}")
+        found[arm] = sorted(keys)
+    return found
+
+
+def check_run_configs(output, arms, seeds):
+    """After the runs: the config.yaml that detectron2 wrote for every pre-training and fine-tune must
+    equal the 'plrc' arm's (same seed) up to the arm's own keys and RUN_KEYS. Returns the checked pairs."""
+    from detectron2.config import CfgNode
+
+    def read(arm, seed, stage):
+        path = os.path.join(output, arm, f"seed{seed}", stage, "config.yaml")
+        return CfgNode.load_yaml_with_base(path) if os.path.exists(path) else None
+
+    checked = 0
+    for seed in seeds:
+        for stage in ("pretrain", "finetune"):
+            ref = read(arms[0], seed, stage)
+            for arm in arms[1:]:
+                other = read(arm, seed, stage)
+                if ref is None or other is None:
+                    continue
+                allowed = RUN_KEYS | (set((ARMS[arm] or [])[0::2]) | set((ARMS[arms[0]] or [])[0::2])
+                                      if stage == "pretrain" else set())
+                extra = diff_keys(ref, other) - allowed
+                if extra:
+                    raise AssertionError(f"{stage} of {arm} seed {seed} differs from {arms[0]} in {sorted(extra)}")
+                checked += 1
+    return checked
+
+
+def run(cmd, log_path):
+    print("+", " ".join(cmd), flush=True)
+    start = time.time()
+    with open(log_path, "a") as log:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise SystemExit(f"command failed ({proc.returncode}), see {log_path}: {' '.join(cmd)}")
+    return time.time() - start
+
+
+def last_metrics(output_dir):
+    """The evaluation results of a finished fine-tune, from detectron2's metrics.json."""
+    found = {}
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            found.update({k: record[k] for k in METRICS if k in record})
+    missing = [k for k in METRICS if k not in found]
+    if missing:
+        raise SystemExit(f"{output_dir}/metrics.json has no {missing}: did the fine-tune evaluate?")
+    return found
+
+
+def run_arm_seed(args, arm, seed):
+    """Pre-train (unless random init), convert, fine-tune, evaluate. Returns the result record."""
+    out = os.path.join(args.output, arm, f"seed{seed}")
+    os.makedirs(out, exist_ok=True)
+    result_path = os.path.join(out, "result.json")
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            return json.load(f)
+    py, log, times = sys.executable, os.path.join(out, "log.txt"), {}
+    launch = ["--num-gpus", str(args.num_gpus)]
+    weights = ""
+    if ARMS[arm] is not None:
+        pre_dir = os.path.join(out, "pretrain")
+        final = os.path.join(pre_dir, "model_final.pth")
+        if not os.path.exists(final):
+            times["pretrain_s"] = run([py, "tools/train_net.py", "--config-file", args.pretrain_config, *launch,
+                                       *args.pretrain_opts, *ARMS[arm], "SEED", str(seed), "OUTPUT_DIR", pre_dir], log)
+        weights = os.path.join(out, "backbone.pkl")
+        if not os.path.exists(weights):
+            run([py, "tools/convert_plrc_to_d2.py", final, weights], log)
+    ft_dir = os.path.join(out, "finetune")
+    times["finetune_s"] = run([py, "tools/train_net.py", "--config-file", args.finetune_config, *launch,
+                               *args.finetune_opts, "MODEL.WEIGHTS", weights, "SEED", str(seed),
+                               "OUTPUT_DIR", ft_dir], log)
+    record = {"arm": arm, "seed": seed, **last_metrics(ft_dir), **times}
+    with open(result_path, "w") as f:
+        json.dump(record, f, indent=1)
+    return record
+
+
+def summarise(records, arms):
+    import numpy as np
+
+    table = {}
+    for arm in arms:
+        rows = [r for r in records if r["arm"] == arm]
+        table[arm] = {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows], ddof=1))
+                          if len(rows) > 1 else 0.0) for k in METRICS}
+        table[arm]["seeds"] = [r["seed"] for r in rows]
+    return table
+
+
+def write_reports(args, records, table, meta):
+    with open(os.path.join(args.output, "results.json"), "w") as f:
+        json.dump({"meta": meta, "runs": records, "summary": table}, f, indent=1)
+    lines = [f"# Transfer study ({meta['date']})", "",
+             f"Command: `{meta['command']}`  ", f"Commit: {meta['commit']}  ", f"Machine: {meta['machine']}  ",
+             f"Compute time (all stages, summed): {meta['compute_time_min']:.1f} min  ",
+             f"Pre-training: `{args.pretrain_config}` {' '.join(args.pretrain_opts)}  ",
+             f"Fine-tuning: `{args.finetune_config}` {' '.join(args.finetune_opts)}", "",
+             "Mean ± sample std over seeds (COCO AP, %).", "",
+             "| arm | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for arm, row in table.items():
+        cells = [f"{row[k][0]:.2f} ± {row[k][1]:.2f}" for k in METRICS]
+        lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    with open(os.path.join(args.output, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    plot(table, os.path.join(args.output, "results.png"))
+
+
+def plot(table, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(table)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5))
+    for ax, metric in zip(axes, METRICS):
+        means = [table[a][metric][0] for a in arms]
+        stds = [table[a][metric][1] for a in arms]
+        ax.bar(range(len(arms)), means, yerr=stds, capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(arms)), arms, rotation=45, ha="right", fontsize=8)
+        ax.set_title(metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--pretrain-config", default=os.path.join(HERE, "configs", "pretrain.yaml"))
+    p.add_argument("--finetune-config", default=os.path.join(HERE, "configs", "finetune.yaml"))
+    p.add_argument("--pretrain-opts", nargs="*", default=[], help="overrides for every arm's pre-training")
+    p.add_argument("--finetune-opts", nargs="*", default=[], help="overrides for every fine-tune")
+    p.add_argument("--num-gpus", type=int, default=1)
+    p.add_argument("--output", default=os.path.join(HERE, "results"), help="results.{md,json,png} and per-run folders")
+    p.add_argument("--check-only", action="store_true", help="verify the arms' configs and exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    differing = check_arms(args.pretrain_config, args.arms, args.pretrain_opts)
+    print("arms differ from 'plrc' only in:", json.dumps(differing))
+    if args.check_only:
+        return
+    os.makedirs(args.output, exist_ok=True)
+    start = time.time()
+    records = [run_arm_seed(args, arm, seed) for arm in args.arms for seed in args.seeds]
+    print(f"resolved configs of {check_run_configs(args.output, args.arms, args.seeds)} run pairs checked")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    meta = {"date": datetime.date.today().isoformat(), "commit": commit.stdout.strip() or "unknown",
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+            "wall_time_min": (time.time() - start) / 60,
+            "compute_time_min": sum(r.get("pretrain_s", 0) + r.get("finetune_s", 0) for r in records) / 60, "command": " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
+            "arm_differences": differing}
+    table = summarise(records, args.arms)
+    write_reports(args, records, table, meta)
+    print(open(os.path.join(args.output, "results.md")).read())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The transfer study's arms differ only in what they are meant to differ in."""
+import importlib.util
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("run_study", os.path.join(REPO, "projects/TransferStudy/run_study.py"))
+run_study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run_study)
+PRETRAIN = os.path.join(REPO, "projects/TransferStudy/configs/pretrain.yaml")
+
+
+def test_arms_differ_only_in_their_overrides():
+    found = run_study.check_arms(PRETRAIN, list(run_study.ARMS))
+    assert found["plrc"] == []
+    assert found["moco_v2"] == ["MODEL.PLRC.DISTILL_LOSS_WEIGHT", "MODEL.PLRC.POINT_LOSS_WEIGHT"]
+    assert found["plrc_no_distill"] == ["MODEL.PLRC.DISTILL_LOSS_WEIGHT"]
+    assert found["plrc_all_regions"] == ["INPUT.PLRC.NUM_SHARED_REGIONS"]
+    assert found["plrc_felzenszwalb"] == ["INPUT.PLRC.REGION_SOURCE"]
+    assert "random_init" not in found
+
+
+def _write_run(root, arm, seed, stage, opts):
+    folder = os.path.join(root, arm, f"seed{seed}", stage)
+    os.makedirs(folder)
+    cfg = run_study.load_cfg(PRETRAIN, opts + ["OUTPUT_DIR", folder, "SEED", str(seed)])
+    with open(os.path.join(folder, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+
+
+def test_run_configs_checked(tmp_path):
+    root = str(tmp_path)
+    _write_run(root, "plrc", 0, "pretrain", [])
+    _write_run(root, "moco_v2", 0, "pretrain", run_study.ARMS["moco_v2"])
+    _write_run(root, "plrc_no_distill", 0, "pretrain", run_study.ARMS["plrc_no_distill"] + ["SOLVER.BASE_LR", "0.1"])
+    assert run_study.check_run_configs(root, ["plrc", "moco_v2"], [0]) == 1
+    with pytest.raises(AssertionError, match="SOLVER.BASE_LR"):
+        run_study.check_run_configs(root, ["plrc", "moco_v2", "plrc_no_distill"], [0])
+
+
+def test_summary_mean_and_std():
+    records = [{"arm": "plrc", "seed": s, "bbox/AP": ap, "bbox/AP50": 0.0, "bbox/AP75": 0.0, "segm/AP": 1.0}
+               for s, ap in enumerate([1.0, 2.0, 3.0])]
+    table = run_study.summarise(records, ["plrc"])
+    assert table["plrc"]["bbox/AP"] == pytest.approx((2.0, 1.0))
+    assert table["plrc"]["segm/AP"] == pytest.approx((1.0, 0.0))
+    assert table["plrc"]["seeds"] == [0, 1, 2]
