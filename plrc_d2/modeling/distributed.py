@@ -13,7 +13,17 @@ import torch.distributed as dist
 
 from detectron2.utils import comm
 
-__all__ = ["concat_all_gather", "all_reduce_sum", "shuffle_permutation", "batch_shuffle", "batch_unshuffle"]
+__all__ = [
+    "host_to_device", "concat_all_gather", "all_reduce_sum", "shuffle_permutation", "batch_shuffle",
+    "batch_unshuffle",
+]
+
+
+def host_to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """Host tensor -> device without waiting for the device queue (pinned, non-blocking upload on CUDA)."""
+    if torch.device(device).type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 @torch.no_grad()
@@ -38,7 +48,7 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 def shuffle_permutation(n: int, seed: int, iteration: int, device) -> torch.Tensor:
     """(n,) int64 permutation, a pure function of (seed, iteration), identical on every rank."""
     gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(iteration)) % (2**63 - 1))
-    return torch.randperm(n, generator=gen).to(device, non_blocking=True)
+    return host_to_device(torch.randperm(n, generator=gen), device)
 
 
 @torch.no_grad()

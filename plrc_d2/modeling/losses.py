@@ -18,6 +18,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch.nn import functional as F
 
+from .distributed import host_to_device
+
 __all__ = [
     "image_infonce_loss",
     "point_region_contrast_loss",
@@ -195,7 +197,7 @@ class _FusedDistillation(torch.autograd.Function):
         s_temp, t_temp = temps
         counts = student.counts if student.counts is not None else torch.ones(student.rows.shape[0], dtype=torch.long)
         n = int(counts.sum())
-        dev_counts = counts.to(student_table.device, non_blocking=True).to(student_table.dtype)
+        dev_counts = host_to_device(counts, student_table.device).to(student_table.dtype)
         # Temperatures folded into the (small) tables; the teacher table gets a last row -c / t_t that every
         # pair taps with weight 1, so one gather yields (t - c) / t_t.
         t_table = torch.cat([teacher_table, -center.reshape(1, -1)]) / t_temp

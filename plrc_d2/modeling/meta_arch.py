@@ -22,7 +22,8 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.utils import comm
 
-from .distributed import all_reduce_sum, batch_shuffle, batch_unshuffle, concat_all_gather, shuffle_permutation
+from .distributed import (all_reduce_sum, batch_shuffle, batch_unshuffle, concat_all_gather, host_to_device,
+                          shuffle_permutation)
 from .encoder import PLRCEncoder, ema_update_, make_momentum_copy, zero_init_residual
 from .heads import DenseHead, DistillHead
 from .losses import (CellTables, cell_table, image_infonce_loss, matched_distillation_loss, matched_teacher_sum,
@@ -269,11 +270,11 @@ class PLRC(nn.Module):
         with torch.autocast(self.device.type, enabled=False):
             w_q = self.encoder.distill_head.last_layer.normalized_weight().float()
             student = CellTables(cell_table(u_q.float(), u_k.float(), w_q, p.map_size, p.affinity_divisor),
-                                 *cell_taps(_to_device(cells_q, self.device), p.map_size, hw), counts)
+                                 *cell_taps(host_to_device(cells_q, self.device), p.map_size, hw), counts)
             with torch.no_grad():
                 w_k = self.momentum_encoder.distill_head.last_layer.normalized_weight().float()
                 teacher = CellTables(cell_table(u_d.float(), u_k.float(), w_k, p.map_size, p.affinity_divisor),
-                                     *cell_taps(_to_device(idx_d, self.device), p.map_size, hw))
+                                     *cell_taps(host_to_device(idx_d, self.device), p.map_size, hw))
             loss = matched_distillation_loss(student, teacher, self.center.clone(), p.student_temperature,
                                              self.teacher_temperature, p.distill_chunk_pairs)
             self._update_center(teacher, idx_q.shape[0])
@@ -314,10 +315,3 @@ class PLRC(nn.Module):
     def distill_embeddings(self, images: List[torch.Tensor], momentum: bool = False) -> torch.Tensor:
         """uint8 (3, S, S) images -> (N, d_u, h, w) unit-length u maps of the distillation head. No gradient."""
         return self._embed(images, momentum, "u")
-
-
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host tensor -> device without a blocking copy (pinned staging on CUDA)."""
-    if device.type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True)
-    return x.to(device)
