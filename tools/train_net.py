@@ -13,6 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import plrc_d2  # noqa: F401  (registers the PLRC meta-architecture, heads and datasets)
 from plrc_d2.config import add_plrc_config, validate_plrc_config
@@ -33,6 +34,7 @@ def setup(args):
         validate_plrc_config(cfg, world_size=args.num_gpus * args.num_machines)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="plrc_d2")
     return cfg
 
 
