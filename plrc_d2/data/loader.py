@@ -85,9 +85,9 @@ def _identity(x):
 
 
 def _worker_init(_):
-    import cv2
-
-    cv2.setNumThreads(1)  # one worker = one core; cv2's own thread pool would oversubscribe
+    # Deliberately no cv2.setNumThreads here: changing OpenCV's thread pool in a forked worker whose
+    # parent already used that pool can deadlock. The per-sample cv2 calls are small single-core work.
+    pass
 
 
 class PLRCTrainLoader:
