@@ -81,17 +81,9 @@ def train_command(config, output_dir, device, opts):
 
 def final_metrics(output_dir):
     """{metric: value} of the last evaluation in <output_dir>/metrics.json, or {} if there is none."""
-    found, path = {}, os.path.join(REPO, output_dir, "metrics.json")
-    if not os.path.exists(path):
-        return found
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            found.update({k: record[k] for k, _ in METRICS if k in record})
-    return found if len(found) == len(METRICS) else {}
+    from plrc_d2.engine.results import final_eval_metrics
+
+    return final_eval_metrics(os.path.join(REPO, output_dir), [k for k, _ in METRICS])
 
 
 def check_weights(config, weights, device, opts, marker=None):

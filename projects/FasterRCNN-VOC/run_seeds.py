@@ -43,16 +43,9 @@ def seed_command(args, seed):
 
 def final_metrics(output_dir):
     """{metric: value} of the last evaluation in metrics.json; {} when the run has not evaluated yet."""
-    found, path = {}, os.path.join(output_dir, "metrics.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                found.update({k: record[k] for k in METRICS if k in record})
-    return found if len(found) == len(METRICS) else {}
+    from plrc_d2.engine.results import final_eval_metrics
+
+    return final_eval_metrics(output_dir, METRICS)
 
 
 def summarize(per_seed):

@@ -121,17 +121,11 @@ def run(cmd, log_path):
 
 def last_metrics(output_dir):
     """The evaluation results of a finished fine-tune, from detectron2's metrics.json."""
-    found = {}
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            found.update({k: record[k] for k in METRICS if k in record})
-    missing = [k for k in METRICS if k not in found]
-    if missing:
-        raise SystemExit(f"{output_dir}/metrics.json has no {missing}: did the fine-tune evaluate?")
+    from plrc_d2.engine.results import final_eval_metrics
+
+    found = final_eval_metrics(output_dir, METRICS)
+    if not found:
+        raise SystemExit(f"{output_dir}/metrics.json lacks some of {METRICS}: did the fine-tune evaluate?")
     return found
 
 
