@@ -3,10 +3,25 @@ stock detectron2 meta-architectures on converted weights."""
 import os
 
 from detectron2.engine import DefaultTrainer
+from detectron2.engine import defaults as _d2_defaults
+from detectron2.utils import comm
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
 from detectron2.data import MetadataCatalog
 
 __all__ = ["Trainer", "is_pretraining"]
+
+_d2_create_ddp_model = _d2_defaults.create_ddp_model
+
+
+def _create_ddp_model(model, **kwargs):
+    """detectron2's create_ddp_model pins DDP to the local GPU (device_ids=[local rank]); a CPU model
+    under gloo must pass none. DefaultTrainer calls it from its constructor, hence the module-level swap."""
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return _d2_create_ddp_model(model, **kwargs)
+
+
+_d2_defaults.create_ddp_model = _create_ddp_model
 
 
 def is_pretraining(cfg) -> bool:
