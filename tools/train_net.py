@@ -30,6 +30,8 @@ def setup(args):
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         print(f"No CUDA device available: running on the CPU instead of MODEL.DEVICE={cfg.MODEL.DEVICE!r}")
         cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        raise SystemExit("SOLVER.AMP.ENABLED needs a CUDA device (detectron2's AMPTrainer); set it to False on the CPU")
     if is_pretraining(cfg):
         validate_plrc_config(cfg, world_size=args.num_gpus * args.num_machines)
     cfg.freeze()
