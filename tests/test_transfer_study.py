@@ -22,7 +22,7 @@ def test_arms_differ_only_in_their_overrides():
 
 
 def _write_run(root, arm, seed, stage, opts):
-    folder = os.path.join(root, arm, f"seed{seed}", stage)
+    folder = os.path.join(root, arm, "pretrain") if stage == "pretrain" else os.path.join(root, arm, f"seed{seed}", stage)
     os.makedirs(folder)
     cfg = run_study.load_cfg(PRETRAIN, opts + ["OUTPUT_DIR", folder, "SEED", str(seed)])
     with open(os.path.join(folder, "config.yaml"), "w") as f:
@@ -35,6 +35,9 @@ def test_run_configs_checked(tmp_path):
     _write_run(root, "moco_v2", 0, "pretrain", run_study.ARMS["moco_v2"])
     _write_run(root, "plrc_no_distill", 0, "pretrain", run_study.ARMS["plrc_no_distill"] + ["SOLVER.BASE_LR", "0.1"])
     assert run_study.check_run_configs(root, ["plrc", "moco_v2"], [0]) == 1
+    for arm in ("plrc", "moco_v2"):  # fine-tunes: identical up to the run keys, whatever the arm
+        _write_run(root, arm, 1, "finetune", [])
+    assert run_study.check_run_configs(root, ["plrc", "moco_v2"], [0, 1]) == 2
     with pytest.raises(AssertionError, match="SOLVER.BASE_LR"):
         run_study.check_run_configs(root, ["plrc", "moco_v2", "plrc_no_distill"], [0])
 

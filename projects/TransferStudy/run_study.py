@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Transfer study: does point-level region contrast beat image-level contrast and random init?
 
-For each arm and seed: pre-train (same budget for every arm) -> convert -> fine-tune the same Mask R-CNN
-with the same schedule -> COCO evaluation. Writes results.json, results.md and results.png into --output.
-Every stage is skipped when its output exists, so an interrupted study continues where it stopped.
+For each arm: pre-train once (same budget and --pretrain-seed for every arm) -> convert; then for each seed:
+fine-tune the same Mask R-CNN with the same schedule -> COCO evaluation (the MoCo / PLRC transfer protocol:
+one pre-trained model, several fine-tuning trials). Writes results.json, results.md and results.png into
+--output; per-run folders (checkpoints, logs) sit beside them. Every stage is skipped when its output
+exists, so an interrupted study continues where it stopped.
 
     python projects/TransferStudy/run_study.py                     # the committed small-scale study
     python projects/TransferStudy/run_study.py --arms plrc moco_v2 --seeds 0 1 2 4 5 --output out/big \
@@ -84,17 +86,20 @@ def check_arms(pretrain_config, arms, extra_opts=()):
 
 
 def check_run_configs(output, arms, seeds):
-    """After the runs: the config.yaml that detectron2 wrote for every pre-training and fine-tune must
-    equal the 'plrc' arm's (same seed) up to the arm's own keys and RUN_KEYS. Returns the checked pairs."""
+    """After the runs: the config.yaml that detectron2 wrote for every pre-training (one per arm) and every
+    fine-tune must equal the first arm's (same seed) up to the arm's own keys and RUN_KEYS. Returns the
+    number of checked pairs."""
     from detectron2.config import CfgNode
 
     def read(arm, seed, stage):
-        path = os.path.join(output, arm, f"seed{seed}", stage, "config.yaml")
+        folder = os.path.join(output, arm, "pretrain") if stage == "pretrain" else \
+            os.path.join(output, arm, f"seed{seed}", stage)
+        path = os.path.join(folder, "config.yaml")
         return CfgNode.load_yaml_with_base(path) if os.path.exists(path) else None
 
     checked = 0
     for seed in seeds:
-        for stage in ("pretrain", "finetune"):
+        for stage in ("pretrain", "finetune") if seed == seeds[0] else ("finetune",):
             ref = read(arms[0], seed, stage)
             for arm in arms[1:]:
                 other = read(arm, seed, stage)
@@ -129,31 +134,41 @@ def last_metrics(output_dir):
     return found
 
 
-def run_arm_seed(args, arm, seed):
-    """Pre-train (unless random init), convert, fine-tune, evaluate. Returns the result record."""
+def pretrain_arm(args, arm):
+    """Pre-trains the arm once (seed --pretrain-seed) and converts it. Returns (weights path, "" for
+    random init; pre-training seconds)."""
+    if ARMS[arm] is None:
+        return "", 0.0
+    out = os.path.join(args.output, arm)
+    pre_dir, weights = os.path.join(out, "pretrain"), os.path.join(out, "backbone.pkl")
+    os.makedirs(out, exist_ok=True)
+    final, log, timing = os.path.join(pre_dir, "model_final.pth"), os.path.join(out, "log.txt"), \
+        os.path.join(out, "pretrain_time.json")
+    if not os.path.exists(final):
+        seconds = run([sys.executable, "tools/train_net.py", "--config-file", args.pretrain_config,
+                       "--num-gpus", str(args.num_gpus), "--resume", *args.pretrain_opts, *ARMS[arm],
+                       "SEED", str(args.pretrain_seed), "OUTPUT_DIR", pre_dir], log)
+        with open(timing, "w") as f:
+            json.dump({"pretrain_s": seconds}, f)
+    if not os.path.exists(weights):
+        run([sys.executable, "tools/convert_plrc_to_d2.py", final, weights], log)
+    with open(timing) as f:
+        return weights, json.load(f)["pretrain_s"]
+
+
+def run_arm_seed(args, arm, seed, weights):
+    """Fine-tunes from `weights` ("" = random init) with `seed`, evaluates. Returns the result record."""
     out = os.path.join(args.output, arm, f"seed{seed}")
     os.makedirs(out, exist_ok=True)
     result_path = os.path.join(out, "result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
             return json.load(f)
-    py, log, times = sys.executable, os.path.join(out, "log.txt"), {}
-    launch = ["--num-gpus", str(args.num_gpus)]
-    weights = ""
-    if ARMS[arm] is not None:
-        pre_dir = os.path.join(out, "pretrain")
-        final = os.path.join(pre_dir, "model_final.pth")
-        if not os.path.exists(final):
-            times["pretrain_s"] = run([py, "tools/train_net.py", "--config-file", args.pretrain_config, *launch,
-                                       *args.pretrain_opts, *ARMS[arm], "SEED", str(seed), "OUTPUT_DIR", pre_dir], log)
-        weights = os.path.join(out, "backbone.pkl")
-        if not os.path.exists(weights):
-            run([py, "tools/convert_plrc_to_d2.py", final, weights], log)
     ft_dir = os.path.join(out, "finetune")
-    times["finetune_s"] = run([py, "tools/train_net.py", "--config-file", args.finetune_config, *launch,
-                               *args.finetune_opts, "MODEL.WEIGHTS", weights, "SEED", str(seed),
-                               "OUTPUT_DIR", ft_dir], log)
-    record = {"arm": arm, "seed": seed, **last_metrics(ft_dir), **times}
+    seconds = run([sys.executable, "tools/train_net.py", "--config-file", args.finetune_config,
+                   "--num-gpus", str(args.num_gpus), "--resume", *args.finetune_opts, "MODEL.WEIGHTS", weights,
+                   "SEED", str(seed), "OUTPUT_DIR", ft_dir], os.path.join(out, "log.txt"))
+    record = {"arm": arm, "seed": seed, **last_metrics(ft_dir), "finetune_s": seconds}
     with open(result_path, "w") as f:
         json.dump(record, f, indent=1)
     return record
@@ -179,7 +194,8 @@ def write_reports(args, records, table, meta):
              f"Compute time (all stages, summed): {meta['compute_time_min']:.1f} min  ",
              f"Pre-training: `{args.pretrain_config}` {' '.join(args.pretrain_opts)}  ",
              f"Fine-tuning: `{args.finetune_config}` {' '.join(args.finetune_opts)}", "",
-             "Mean ± sample std over seeds (COCO AP, %).", "",
+             f"One pre-training per arm (seed {meta['pretrain_seed']}); mean ± sample std over the fine-tuning "
+             "seeds (COCO AP, %).", "",
              "| arm | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for arm, row in table.items():
         cells = [f"{row[k][0]:.2f} ± {row[k][1]:.2f}" for k in METRICS]
@@ -211,7 +227,8 @@ def plot(table, path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="fine-tuning seeds")
+    p.add_argument("--pretrain-seed", type=int, default=0, help="seed of every arm's one pre-training")
     p.add_argument("--pretrain-config", default=os.path.join(HERE, "configs", "pretrain.yaml"))
     p.add_argument("--finetune-config", default=os.path.join(HERE, "configs", "finetune.yaml"))
     p.add_argument("--pretrain-opts", nargs="*", default=[], help="overrides for every arm's pre-training")
@@ -230,13 +247,18 @@ def main(argv=None):
         return
     os.makedirs(args.output, exist_ok=True)
     start = time.time()
-    records = [run_arm_seed(args, arm, seed) for arm in args.arms for seed in args.seeds]
+    records, pretrain_s = [], {}
+    for arm in args.arms:
+        weights, pretrain_s[arm] = pretrain_arm(args, arm)
+        records += [run_arm_seed(args, arm, seed, weights) for seed in args.seeds]
     print(f"resolved configs of {check_run_configs(args.output, args.arms, args.seeds)} run pairs checked")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     meta = {"date": datetime.date.today().isoformat(), "commit": commit.stdout.strip() or "unknown",
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
             "wall_time_min": (time.time() - start) / 60,
-            "compute_time_min": sum(r.get("pretrain_s", 0) + r.get("finetune_s", 0) for r in records) / 60, "command": " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
+            "compute_time_min": (sum(pretrain_s.values()) + sum(r["finetune_s"] for r in records)) / 60,
+            "pretrain_s": pretrain_s, "pretrain_seed": args.pretrain_seed,
+            "command": " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
             "arm_differences": differing}
     table = summarise(records, args.arms)
     write_reports(args, records, table, meta)
