@@ -188,25 +188,33 @@ def test_matched_distillation_equals_naive(chunk):
     assert torch.allclose(matched_teacher_sum(teacher), want_sum, atol=1e-5)
 
 
-def test_matched_distillation_per_distinct_student_cell_equals_naive():
-    """The model's path: student rows once per distinct V_q cell with pair counts, several chunks."""
+@pytest.mark.parametrize("distinct_teacher", [False, True])
+def test_matched_distillation_per_distinct_student_cell_equals_naive(distinct_teacher):
+    """The model's path: student rows once per distinct V_q cell with pair counts, teacher rows once per
+    distinct V_d cell with a pair index, several chunks."""
     gen = torch.Generator().manual_seed(4)
     n, c, h, w, m, nl = 2, 8, 3, 2, 6, 5
     unit = lambda: F.normalize(torch.randn(n, c, h, w, generator=gen), dim=1)  # noqa: E731
     u_q, u_k, u_d = unit().requires_grad_(), unit(), unit()
     w_q, w_k = torch.randn(nl, c, generator=gen).requires_grad_(), torch.randn(nl, c, generator=gen)
-    # V_q twice as large as V_d: several (small) V_d cells per V_q cell
-    iq, id_ = match_cells(E([[0.1, 0.1, 0.7, 0.7], [0.7, 0.0, 0.1, 0.6]]),
-                          E([[0.3, 0.3, 0.6, 0.6], [0.5, 0.2, 0.2, 0.5]]), m, 0.5)
+    # image 0: V_q twice as large as V_d (several small V_d cells per V_q cell); image 1 the other way round
+    iq, id_ = match_cells(E([[0.1, 0.1, 0.7, 0.7], [0.5, 0.2, 0.2, 0.5]]),
+                          E([[0.3, 0.3, 0.6, 0.6], [0.7, 0.0, 0.1, 0.6]]), m, 0.5)
     cells, counts = torch.unique_consecutive(iq, return_counts=True)
     assert counts.max() > 1
     center, temps = torch.randn(1, m * m + nl, generator=gen) * 0.1, (0.1, 0.07)
-    want, _ = _naive(u_q, u_k, u_d, w_q, w_k, iq, id_, m, center, temps)
+    want, want_sum = _naive(u_q, u_k, u_d, w_q, w_k, iq, id_, m, center, temps)
     g_want = torch.autograd.grad(want, [u_q, w_q])
 
     student = CellTables(cell_table(u_q, u_k, w_q, m, 128.0), *cell_taps(cells, m, (h, w)), counts)
-    teacher = CellTables(cell_table(u_d, u_k, w_k, m, 128.0), *cell_taps(id_, m, (h, w)))
+    if distinct_teacher:
+        cells_d, index = torch.unique(id_, return_inverse=True)
+        assert cells_d.numel() < id_.numel()  # some V_d cells are matched by several V_q cells
+        teacher = CellTables(cell_table(u_d, u_k, w_k, m, 128.0), *cell_taps(cells_d, m, (h, w)), index=index)
+    else:
+        teacher = CellTables(cell_table(u_d, u_k, w_k, m, 128.0), *cell_taps(id_, m, (h, w)))
     got = matched_distillation_loss(student, teacher, center, *temps, chunk_size=4)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     for a, b in zip(torch.autograd.grad(got, [u_q, w_q]), g_want):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert torch.allclose(matched_teacher_sum(teacher), want_sum, atol=1e-5)

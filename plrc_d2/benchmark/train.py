@@ -7,6 +7,9 @@ full step  = PLRC forward (V_q online fwd, EMA update, V_k/V_d momentum fwds, th
              centre updates) + backward, on synthetic inputs that follow the mapper -> model contract.
 floor      = the backbone alone: one forward+backward on one view + two no-grad forwards (the least any
              two-encoder method with three views must compute).
+heads      = the floor plus PLRC's heads (g and h on V_q with gradients, g+h on V_k and h on V_d without):
+             the encoder compute the method itself prescribes; full - heads is what the losses, matching,
+             EMA update and queue add.
 Each is measured in its own child process of this run (same config, inputs, threads), so peak memory is
 comparable: CUDA max_memory_allocated, or on CPU the peak resident set size, above the state after set-up
 (warm-up included). The optimizer step is excluded from both.
@@ -143,6 +146,17 @@ def _step_fn(phase: str, model, inputs, args):
             loss.backward()
         return step
     views = [model.normalize(torch.stack([d["views"][i]["image"] for d in inputs])) for i in range(3)]
+    if phase == "heads":
+        def heads_step():
+            with amp:
+                out = model.encoder(views[0])
+                loss = out["dense"].float().mean() + out["u"].float().mean()
+                with torch.no_grad():
+                    model.momentum_encoder(views[1], dense=True, distill=True)
+                    model.momentum_encoder(views[2], dense=False, distill=True)
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+        return heads_step
     online, key = model.encoder.backbone, model.momentum_encoder.backbone
     name = model.encoder.in_feature
 
@@ -197,7 +211,7 @@ def main(argv=None):
            "device": args.device, "threads": torch.get_num_threads(), "opts": args.opts}
     if args.device.startswith("cuda"):
         res["device_name"] = torch.cuda.get_device_name(0)
-    for phase in ("floor", "full"):
+    for phase in ("floor", "heads", "full"):
         cmd = [sys.executable, "-m", "plrc_d2.benchmark.train", "--phase", phase] + _forward_args(argv)
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("PHASE_RESULT ")]
@@ -207,6 +221,7 @@ def main(argv=None):
         res[phase] = json.loads(lines[-1][len("PHASE_RESULT "):])
     res["time_ratio"] = res["full"]["s_per_iter"] / res["floor"]["s_per_iter"]
     res["memory_ratio"] = res["full"]["peak_mem_bytes"] / max(res["floor"]["peak_mem_bytes"], 1)
+    res["heads_time_ratio"] = res["heads"]["s_per_iter"] / res["floor"]["s_per_iter"]
     _print(res)
     if args.json:
         with open(args.json, "w") as f:
@@ -222,11 +237,12 @@ def _print(res: dict) -> None:
     gib = 1024**3
     print(f"PLRC train benchmark: {res['config']} batch {res['batch']} S={res['size']} device {res['device']} "
           f"{res.get('device_name', '')} amp={res['amp']} threads={res['threads']}")
-    for phase in ("floor", "full"):
+    for phase in ("floor", "heads", "full"):
         r = res[phase]
         print(f"  {phase:5s}: {r['s_per_iter']:.3f} s/iter  {r['images_per_s']:.2f} images/s  "
               f"peak {r['peak_mem_bytes'] / gib:.2f} GiB ({r['peak_mem_kind']})")
-    print(f"  ratio full/floor: time {res['time_ratio']:.3f}  peak memory {res['memory_ratio']:.3f}")
+    print(f"  ratio full/floor: time {res['time_ratio']:.3f}  peak memory {res['memory_ratio']:.3f}"
+          f"  (heads/floor: time {res['heads_time_ratio']:.3f})")
 
 
 if __name__ == "__main__":
