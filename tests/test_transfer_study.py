@@ -49,3 +49,30 @@ def test_summary_mean_and_std():
     assert table["plrc"]["bbox/AP"] == pytest.approx((2.0, 1.0))
     assert table["plrc"]["segm/AP"] == pytest.approx((1.0, 0.0))
     assert table["plrc"]["seeds"] == [0, 1, 2]
+
+
+def test_pretrain_curve_first_and_last(tmp_path):
+    from plrc_d2.engine.results import first_and_last
+
+    lines = ['{"iteration": 19, "loss_plrc_image": 4.0, "plrc_image_acc": 0.0}', "not json (killed mid-write)",
+             '{"iteration": 39, "loss_plrc_image": 3.0}', '{"iteration": 59, "loss_plrc_image": 2.5, "plrc_image_acc": 0.5}']
+    (tmp_path / "metrics.json").write_text("\n".join(lines) + "\n")
+    got = first_and_last(str(tmp_path), ("loss_plrc_image", "plrc_image_acc", "loss_plrc_point"))
+    assert got == {"loss_plrc_image": (4.0, 2.5), "plrc_image_acc": (0.0, 0.5)}
+
+
+def test_reports_written(tmp_path):
+    import argparse
+
+    records = [{"arm": arm, "seed": s, "bbox/AP": 1.0 + s, "bbox/AP50": 2.0, "bbox/AP75": 0.5, "segm/AP": 0.7,
+                "finetune_s": 10.0} for arm in ("plrc", "random_init") for s in (0, 1)]
+    table = run_study.summarise(records, ["plrc", "random_init"])
+    meta = {"date": "d", "command": "c", "commit": "abc", "machine": "m", "compute_time_min": 1.0, "pretrain_seed": 0,
+            "pretrain_curves": {"plrc": {"loss_plrc_image": (4.0, 2.5)}}}
+    args = argparse.Namespace(output=str(tmp_path), pretrain_config="p.yaml", pretrain_opts=[], finetune_config="f.yaml",
+                              finetune_opts=[])
+    run_study.write_reports(args, records, table, meta)
+    md = (tmp_path / "results.md").read_text()
+    assert "| plrc | 2 | 1.50 ± 0.71 |" in md and "| random_init | 2 |" in md
+    assert "| plrc | 4.000 -> 2.500 | - |" in md
+    assert (tmp_path / "results.png").stat().st_size > 0 and (tmp_path / "results.json").exists()

@@ -39,6 +39,7 @@ ARMS = {
 # keys that legitimately differ between runs of one arm/seed and another
 RUN_KEYS = {"OUTPUT_DIR", "SEED", "MODEL.WEIGHTS"}
 METRICS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "segm/AP")
+PRETRAIN_CURVES = ("loss_plrc_image", "loss_plrc_point", "loss_plrc_distill", "plrc_image_acc", "plrc_point_acc")
 
 
 def load_cfg(config_file, opts):
@@ -200,6 +201,14 @@ def write_reports(args, records, table, meta):
     for arm, row in table.items():
         cells = [f"{row[k][0]:.2f} ± {row[k][1]:.2f}" for k in METRICS]
         lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    curves = {arm: c for arm, c in meta.get("pretrain_curves", {}).items() if c}
+    if curves:
+        lines += ["", "Pre-training, first -> last logged value (median of detectron2's 20-iteration window; weighted "
+                  "losses, so a weight-0 term reads 0):", "",
+                  "| arm | " + " | ".join(PRETRAIN_CURVES) + " |", "|---|" + "---|" * len(PRETRAIN_CURVES)]
+        for arm, c in curves.items():
+            cells = [f"{c[k][0]:.3f} -> {c[k][1]:.3f}" if k in c else "-" for k in PRETRAIN_CURVES]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     with open(os.path.join(args.output, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(table, os.path.join(args.output, "results.png"))
@@ -252,6 +261,8 @@ def main(argv=None):
         weights, pretrain_s[arm] = pretrain_arm(args, arm)
         records += [run_arm_seed(args, arm, seed, weights) for seed in args.seeds]
     print(f"resolved configs of {check_run_configs(args.output, args.arms, args.seeds)} run pairs checked")
+    from plrc_d2.engine.results import first_and_last
+
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     meta = {"date": datetime.date.today().isoformat(), "commit": commit.stdout.strip() or "unknown",
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
@@ -259,7 +270,9 @@ def main(argv=None):
             "compute_time_min": (sum(pretrain_s.values()) + sum(r["finetune_s"] for r in records)) / 60,
             "pretrain_s": pretrain_s, "pretrain_seed": args.pretrain_seed,
             "command": " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
-            "arm_differences": differing}
+            "arm_differences": differing,
+            "pretrain_curves": {arm: first_and_last(os.path.join(args.output, arm, "pretrain"), PRETRAIN_CURVES)
+                                for arm in args.arms if ARMS[arm] is not None}}
     table = summarise(records, args.arms)
     write_reports(args, records, table, meta)
     print(open(os.path.join(args.output, "results.md")).read())
