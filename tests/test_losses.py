@@ -120,8 +120,12 @@ def test_match_cells_equals_brute_force_batched():
     a = torch.cat([lo, lo + 0.2 + torch.rand(6, 2, generator=gen) * 0.3], 1)
     b = a + (torch.rand(6, 4, generator=gen) - 0.5) * 0.2
     b[::2] = b[::2][:, [2, 1, 0, 3]]  # flips
+    b[1] = torch.tensor([0.3, 0.3, 0.4, 0.35])  # a view much smaller than its partner: wide bands of matches
+    a[3] = torch.tensor([0.31, 0.3, 0.38, 0.36])
     m, r = 7, 0.5
     ia, ib = match_cells(a, b, m, r)
+    key = ia * 6 * m * m + ib
+    assert torch.all(key[1:] > key[:-1])  # sorted by (image, idx_a, idx_b), no duplicates
     pairs = set(zip(ia.tolist(), ib.tolist()))
     want = set()
     for i in range(6):
