@@ -67,7 +67,7 @@ def test_reports_written(tmp_path):
     records = [{"arm": arm, "seed": s, "bbox/AP": 1.0 + s, "bbox/AP50": 2.0, "bbox/AP75": 0.5, "segm/AP": 0.7,
                 "finetune_s": 10.0} for arm in ("plrc", "random_init") for s in (0, 1)]
     table = run_study.summarise(records, ["plrc", "random_init"])
-    meta = {"date": "d", "command": "c", "commit": "abc", "machine": "m", "compute_time_min": 1.0, "pretrain_seed": 0,
+    meta = {"date": "d", "command": "c", "commit": "abc", "machine": "m", "wall_time_min": 1.0, "pretrain_seed": 0,
             "pretrain_curves": {"plrc": {"loss_plrc_image": (4.0, 2.5)}}}
     args = argparse.Namespace(output=str(tmp_path), pretrain_config="p.yaml", pretrain_opts=[], finetune_config="f.yaml",
                               finetune_opts=[])
