@@ -260,13 +260,12 @@ class PLRC(nn.Module):
     def _distill_loss(self, u_q: torch.Tensor, u_d: torch.Tensor, u_k: torch.Tensor, batch):
         """u maps (N, d_u, h, w) of V_q (student), V_d (teacher), V_k (anchors) -> (loss, #matched pairs).
 
-        Cells are matched on the CPU crop boxes (no device sync); student and teacher rows are built
-        once per distinct V_q / V_d cell (see losses.matched_distillation_loss)."""
+        Cells are matched on the CPU crop boxes (no device sync); student rows are built once per
+        distinct V_q cell, teacher rows per pair (see losses.matched_distillation_loss)."""
         p = self.params
         idx_q, idx_d = match_cells(batch.crop_boxes[0], batch.crop_boxes[2], p.map_size, p.match_radius,
                                    batch.image_size)
         cells_q, counts = torch.unique_consecutive(idx_q, return_counts=True)  # pairs are sorted by V_q cell
-        cells_d, pair_d = torch.unique(idx_d, return_inverse=True)
         hw = tuple(u_q.shape[-2:])
         with torch.autocast(self.device.type, enabled=False):
             w_q = self.encoder.distill_head.last_layer.normalized_weight().float()
@@ -275,7 +274,7 @@ class PLRC(nn.Module):
             with torch.no_grad():
                 w_k = self.momentum_encoder.distill_head.last_layer.normalized_weight().float()
                 teacher = CellTables(cell_table(u_d.float(), u_k.float(), w_k, p.map_size, p.affinity_divisor),
-                                     *cell_taps(host_to_device(cells_d, self.device), p.map_size, hw), index=pair_d)
+                                     *cell_taps(host_to_device(idx_d, self.device), p.map_size, hw))
             loss = matched_distillation_loss(student, teacher, self.center.clone(), p.student_temperature,
                                              self.teacher_temperature, p.distill_chunk_pairs)
             self._update_center(teacher, idx_q.shape[0])
