@@ -76,3 +76,8 @@ def test_reports_written(tmp_path):
     assert "| plrc | 2 | 1.50 ± 0.71 |" in md and "| random_init | 2 |" in md
     assert "| plrc | 4.000 -> 2.500 | - |" in md
     assert (tmp_path / "results.png").stat().st_size > 0 and (tmp_path / "results.json").exists()
+
+
+def test_missing_config_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="--pretrain-config .*nope.yaml: no such config file"):
+        run_study.main(["--check-only", "--pretrain-config", str(tmp_path / "nope.yaml")])

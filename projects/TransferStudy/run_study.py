@@ -8,9 +8,12 @@ one pre-trained model, several fine-tuning trials). Writes results.json, results
 exists, so an interrupted study continues where it stopped.
 
     python projects/TransferStudy/run_study.py                     # the committed small-scale study
-    python projects/TransferStudy/run_study.py --arms plrc moco_v2 --seeds 0 1 2 4 5 --output out/big \
+    python projects/TransferStudy/run_study.py --arms plrc moco_v2 random_init --seeds 0 --output out/coco \
         --pretrain-config configs/pretrain/plrc_R_50_100ep_in1k.yaml \
-        --finetune-config projects/FasterRCNN-VOC/configs/faster_rcnn_R_50_C4_voc_plrc.yaml --num-gpus 8
+        --finetune-config projects/MaskRCNN-COCO/configs/mask_rcnn_R_50_FPN_1x_plrc.yaml --num-gpus 8
+
+(The study reads box and mask AP, so the fine-tune must be a Mask R-CNN; for VOC use
+projects/FasterRCNN-VOC/run_seeds.py per arm, see README.md.)
 
 Arms differ only in the keys listed in ARMS; `check_arms` verifies that on the resolved configs and the
 script refuses to run otherwise.
@@ -153,6 +156,8 @@ def pretrain_arm(args, arm):
             json.dump({"pretrain_s": seconds}, f)
     if not os.path.exists(weights):
         run([sys.executable, "tools/convert_plrc_to_d2.py", final, weights], log)
+    if not os.path.exists(timing):  # pre-trained outside this script: time unknown
+        return weights, float("nan")
     with open(timing) as f:
         return weights, json.load(f)["pretrain_s"]
 
@@ -251,6 +256,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    for flag, path in (("--pretrain-config", args.pretrain_config), ("--finetune-config", args.finetune_config)):
+        if not os.path.isfile(path):
+            raise SystemExit(f"{flag} {path}: no such config file")
     differing = check_arms(args.pretrain_config, args.arms, args.pretrain_opts)
     print("arms differ from 'plrc' only in:", json.dumps(differing))
     if args.check_only:
