@@ -12,7 +12,7 @@ heads      = the floor plus PLRC's heads (g and h on V_q with gradients, g+h on 
              EMA update and queue add.
 Each is measured in its own child process of this run (same config, inputs, threads), so peak memory is
 comparable: CUDA max_memory_allocated, or on CPU the peak resident set size, above the state after set-up
-(warm-up included). The optimizer step is excluded from both.
+(warm-up included). The optimizer step is excluded from all three.
 """
 import argparse
 import json
