@@ -167,8 +167,13 @@ def _naive(u_q, u_k, u_d, w_q, w_k, iq, id_, m, center, temps):
     return affinity_distillation_loss(s, t, center, *temps), t.sum(0, keepdim=True)
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk", [0, 5])
-def test_matched_distillation_equals_naive(chunk):
+def test_matched_distillation_equals_naive(chunk, device):
     gen = torch.Generator().manual_seed(1)
     n, c, h, w, m, nl = 2, 8, 2, 4, 5, 6
     unit = lambda: F.normalize(torch.randn(n, c, h, w, generator=gen), dim=1)  # noqa: E731
@@ -183,16 +188,18 @@ def test_matched_distillation_equals_naive(chunk):
     want, want_sum = _naive(u_q, u_k, u_d, w_q, w_k, iq, id_, m, center, temps)
     g_want = torch.autograd.grad(want, [u_q, w_q])
 
-    student = CellTables(cell_table(u_q, u_k, w_q, m, 128.0), *cell_taps(iq, m, (h, w)))
-    teacher = CellTables(cell_table(u_d, u_k, w_k, m, 128.0), *cell_taps(id_, m, (h, w)))
-    got = matched_distillation_loss(student, teacher, center, *temps, chunk_size=chunk)
+    dev = [t.to(device) for t in (u_q, u_k, u_d, w_q, w_k, iq, id_, center)]
+    student = CellTables(cell_table(dev[0], dev[1], dev[3], m, 128.0), *cell_taps(dev[5], m, (h, w)))
+    teacher = CellTables(cell_table(dev[2], dev[1], dev[4], m, 128.0), *cell_taps(dev[6], m, (h, w)))
+    got = matched_distillation_loss(student, teacher, dev[7], *temps, chunk_size=chunk)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     for a, b in zip(torch.autograd.grad(got, [u_q, w_q]), g_want):
-        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
-    assert torch.allclose(matched_teacher_sum(teacher), want_sum, atol=1e-5)
+        assert torch.allclose(a.cpu(), b, atol=1e-6, rtol=1e-4)
+    assert torch.allclose(matched_teacher_sum(teacher).cpu(), want_sum, atol=1e-5)
 
 
-def test_matched_distillation_per_distinct_student_cell_equals_naive():
+@pytest.mark.parametrize("device", DEVICES)
+def test_matched_distillation_per_distinct_student_cell_equals_naive(device):
     """The model's path: student rows once per distinct V_q cell with pair counts, several chunks."""
     gen = torch.Generator().manual_seed(4)
     n, c, h, w, m, nl = 2, 8, 3, 2, 6, 5
@@ -208,10 +215,11 @@ def test_matched_distillation_per_distinct_student_cell_equals_naive():
     want, want_sum = _naive(u_q, u_k, u_d, w_q, w_k, iq, id_, m, center, temps)
     g_want = torch.autograd.grad(want, [u_q, w_q])
 
-    student = CellTables(cell_table(u_q, u_k, w_q, m, 128.0), *cell_taps(cells, m, (h, w)), counts)
-    teacher = CellTables(cell_table(u_d, u_k, w_k, m, 128.0), *cell_taps(id_, m, (h, w)))
-    got = matched_distillation_loss(student, teacher, center, *temps, chunk_size=4)
+    dev = [t.to(device) for t in (u_q, u_k, u_d, w_q, w_k, cells, id_, center)]
+    student = CellTables(cell_table(dev[0], dev[1], dev[3], m, 128.0), *cell_taps(dev[5], m, (h, w)), counts)
+    teacher = CellTables(cell_table(dev[2], dev[1], dev[4], m, 128.0), *cell_taps(dev[6], m, (h, w)))
+    got = matched_distillation_loss(student, teacher, dev[7], *temps, chunk_size=4)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     for a, b in zip(torch.autograd.grad(got, [u_q, w_q]), g_want):
-        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
-    assert torch.allclose(matched_teacher_sum(teacher), want_sum, atol=1e-5)
+        assert torch.allclose(a.cpu(), b, atol=1e-6, rtol=1e-4)
+    assert torch.allclose(matched_teacher_sum(teacher).cpu(), want_sum, atol=1e-5)

@@ -166,3 +166,27 @@ def test_guard_reaches_inner_trainer_of_default_trainer_layout(repo_root, monkey
     outer.register_hooks([NonFiniteLossGuard()])
     with pytest.raises(FloatingPointError, match="Non-finite PLRC loss at iteration 3"):
         outer.train(3, 6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_step_matches_cpu(repo_root, monkeypatch):
+    """Same weights, same inputs: the three losses and the online gradients agree across devices (fp32,
+    TF32 off), so nothing device-specific (sparse kernels, chunk sizes, matching upload) changes the maths."""
+    monkeypatch.chdir(repo_root)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    cpu = tiny_model()
+    gpu = tiny_model("MODEL.DEVICE", "cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    results = []
+    for model in (cpu, gpu):
+        losses = model(inputs())
+        sum(losses.values()).backward()
+        grads = [p.grad.detach().cpu() for p in model.encoder.parameters()]
+        results.append(({k: v.item() for k, v in losses.items()}, grads, model.center.cpu()))
+    (l_cpu, g_cpu, c_cpu), (l_gpu, g_gpu, c_gpu) = results
+    for k in LOSS_KEYS:
+        assert l_gpu[k] == pytest.approx(l_cpu[k], rel=1e-4, abs=1e-5), k
+    for a, b in zip(g_gpu, g_cpu):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    assert torch.allclose(c_gpu, c_cpu, atol=1e-5)

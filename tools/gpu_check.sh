@@ -3,16 +3,19 @@
 #
 #   OUT=/some/folder bash tools/gpu_check.sh        # everything it measures is written under $OUT
 #
-# 1. tools/benchmark.py train at ResNet-50, 224 px, batch 64: full step vs. compute floor, fp32 and AMP
-#    (s/iter, images/s, peak GPU memory, ratios) -> $OUT/bench_{fp32,amp}.{txt,json}
-# 2. a short real pre-training run on the embedded demo data (configs/plrc_pretrain.yaml, AMP, capped at
+# 1. the CUDA tests (distillation == naive on the GPU, one model step on the GPU == the same step on the CPU)
+#    -> $OUT/cuda_tests.txt
+# 2. tools/benchmark.py train at ResNet-50, 224 px, batch 64: full step vs. compute floor, fp32 and AMP
+#    (s/iter, images/s, peak GPU memory, ratios) -> $OUT/bench_{fp32,amp}.{txt,json}, and an operator profile of
+#    two full steps -> $OUT/profile_{fp32,amp}.txt
+# 3. a short real pre-training run on the embedded demo data (configs/plrc_pretrain.yaml, AMP, capped at
 #    PRETRAIN_SECONDS) -> $OUT/pretrain/{log.txt,metrics.json,events.out.tfevents.*}
 # Nothing is downloaded at run time except in the install block below (if you enable it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-output/gpu_check}
 PY=${PY:-python}
-PRETRAIN_SECONDS=${PRETRAIN_SECONDS:-180}  # includes generating the demo data on first use
+PRETRAIN_SECONDS=${PRETRAIN_SECONDS:-120}  # includes generating the demo data on first use
 BENCH_ITERS=${BENCH_ITERS:-10}
 mkdir -p "$OUT"
 
@@ -38,11 +41,17 @@ print("detectron2", detectron2.__version__, detectron2.__file__)
 EOF
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
+step "CUDA tests"
+$PY -m pytest -q -p no:cacheprovider tests/test_losses.py tests/test_meta_arch.py -k cuda 2>&1 | tee "$OUT/cuda_tests.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+tail -1 "$OUT/cuda_tests.txt" >> "$OUT/summary.txt"
+
 for mode in fp32 amp; do
   flag=""; [ "$mode" = amp ] && flag="--amp"
   step "benchmark train R-50 224 px batch 64 $mode"
   $PY tools/benchmark.py train --config-file configs/Base-PLRC.yaml --batch 64 --size 224 --device cuda \
-      --iters "$BENCH_ITERS" --warmup 3 $flag --json "$OUT/bench_$mode.json" 2>&1 | tee "$OUT/bench_$mode.txt"
+      --iters "$BENCH_ITERS" --warmup 3 $flag --json "$OUT/bench_$mode.json" \
+      --profile "$OUT/profile_$mode.txt" 2>&1 | tee "$OUT/bench_$mode.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   tail -3 "$OUT/bench_$mode.txt" >> "$OUT/summary.txt"
 done

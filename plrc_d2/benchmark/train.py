@@ -108,6 +108,8 @@ def _parser():
     p.add_argument("--amp", action="store_true", help="autocast (float16 on CUDA, bfloat16 on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default="", help="also write the result to this file")
+    p.add_argument("--profile", default="", help="also profile 2 full steps (torch.profiler) after timing and "
+                   "write the operator table, sorted by self time, to this text file")
     p.add_argument("--phase", default="", help=argparse.SUPPRESS)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return p
@@ -198,8 +200,30 @@ def _run_phase(args) -> dict:
     sync()
     sec = (time.perf_counter() - start) / max(args.iters, 1)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if args.profile and args.phase == "full":
+        _profile(step, sync, cuda, args.profile)
     return {"s_per_iter": sec, "images_per_s": args.batch / sec, "peak_mem_bytes": peak - base,
             "peak_mem_kind": "cuda max_memory_allocated above model" if cuda else "peak RSS above set-up RSS"}
+
+
+def _profile(step, sync, cuda: bool, path: str) -> None:
+    """Operator table of 2 steps (after the timed ones, so peak memory and timings are unaffected)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(2):
+            step()
+        sync()
+    table, key = "", "self_cpu_time_total"
+    for key in (["self_device_time_total", "self_cuda_time_total"] if cuda else []) + ["self_cpu_time_total"]:
+        try:  # the device column's name differs between torch releases
+            table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=60)
+            break
+        except (AttributeError, KeyError, ValueError):
+            continue
+    with open(path, "w") as f:
+        f.write(f"2 full steps, sorted by {key}\n{table}\n")
 
 
 def main(argv=None):

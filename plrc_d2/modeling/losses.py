@@ -158,33 +158,39 @@ def _chunks(counts: torch.Tensor, pairs_per_chunk: int) -> List[Tuple[int, int, 
     return out
 
 
-def _tap_matrix(cells: CellTables, num_rows: int) -> torch.Tensor:
-    """Sparse (table rows, cells) matrix of the taps: its product with a (cells, L) gradient is the adjoint
-    of `gather_cell_logits` (an order of magnitude faster than index_add_ on the CPU)."""
-    c, taps = cells.rows.shape
-    cols = torch.arange(c, device=cells.rows.device).repeat_interleave(taps)
-    return torch.sparse_coo_tensor(torch.stack([cells.rows.reshape(-1), cols]), cells.weights.reshape(-1),
-                                   (num_rows, c), check_invariants=False).coalesce()
+def _gather_matrix(rows: torch.Tensor, weights: torch.Tensor, num_cols: int) -> torch.Tensor:
+    """Sparse CSR (len(rows), num_cols) matrix with row i = sum_j weights[i, j] e_{rows[i, j]} (rows, weights:
+    (cells, taps)): its product with a table is `gather_cell_logits`, written into a reusable buffer by
+    `torch.addmm(out=)` (a fresh chunk-sized output costs page faults on every chunk on a CPU)."""
+    c, taps = rows.shape
+    crow = torch.arange(0, c * taps + 1, taps, device=rows.device)
+    return torch.sparse_csr_tensor(crow, rows.reshape(-1), weights.reshape(-1).to(torch.float32), (c, num_cols))
 
 
-def _teacher_targets(t_table, teacher: CellTables, p0: int, p1: int, counts) -> torch.Tensor:
-    """Sum, per student cell, of the teacher distributions softmax((t - c) / t_t) of its pairs [p0, p1).
+def _scatter_matrix(rows: torch.Tensor, weights: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Sparse COO (num_rows, cells) adjoint of `_gather_matrix`. COO, not CSR: its rows (table rows) are long
+    and few, which CSR kernels parallelise badly (measured ~2x slower on a CPU)."""
+    c, taps = rows.shape
+    cols = torch.arange(c, device=rows.device).repeat_interleave(taps)
+    return torch.sparse_coo_tensor(torch.stack([rows.reshape(-1), cols]), weights.reshape(-1), (num_rows, c),
+                                   check_invariants=False).coalesce()
 
-    t_table: teacher table / t_t with the row -c / t_t last; counts: (cells,) pairs per cell (device)."""
-    pairs = p1 - p0
-    bias = torch.full((pairs, 1), t_table.shape[0] - 1, dtype=torch.long, device=t_table.device)
-    rows = torch.cat([teacher.rows[p0:p1], bias], 1)
-    weights = torch.cat([teacher.weights[p0:p1], torch.ones_like(bias, dtype=teacher.weights.dtype)], 1)
-    x = gather_cell_logits(CellTables(t_table, rows, weights))  # (pairs, L)
-    x = x.sub_(x.amax(dim=1, keepdim=True)).exp_()
-    owner = torch.repeat_interleave(torch.arange(counts.shape[0], device=x.device), counts.long(), output_size=pairs)
-    norm = torch.sparse_coo_tensor(torch.stack([owner, torch.arange(pairs, device=x.device)]), 1.0 / x.sum(dim=1),
-                                   (counts.shape[0], pairs), check_invariants=False)
-    return torch.sparse.mm(norm, x)
+
+def _exp_rows_(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """In place x <- exp(x - rowmax); returns (rowmax (rows,), rowsum of the new x (rows,))."""
+    x_max = x.amax(dim=1, keepdim=True)
+    x.sub_(x_max).exp_()
+    return x_max[:, 0], x.sum(dim=1)
 
 
 class _FusedDistillation(torch.autograd.Function):
-    """Loss and its gradient w.r.t. the student table in one chunked pass (see module docstring)."""
+    """Loss and its gradient w.r.t. the student table in one chunked pass (see module docstring).
+
+    Per chunk of student cells and their pairs: teacher rows -> exp in place -> per-cell target (sum of the
+    pairs' distributions); student rows -> cross term with the target, log-sum-exp, then in place
+    k softmax - target, scattered into the (small) gradient table. The (rows, L) blocks live in three buffers
+    allocated once per call and reused by every chunk: on a CPU this loop is bound by memory traffic.
+    """
 
     @staticmethod
     def forward(ctx, student_table, teacher_table, center, student, teacher, temps, pairs_per_chunk):
@@ -197,31 +203,40 @@ class _FusedDistillation(torch.autograd.Function):
         s_temp, t_temp = temps
         counts = student.counts if student.counts is not None else torch.ones(student.rows.shape[0], dtype=torch.long)
         n = int(counts.sum())
-        dev_counts = host_to_device(counts, student_table.device).to(student_table.dtype)
+        dev = student_table.device
+        k_all = host_to_device(counts, dev)
         # Temperatures folded into the (small) tables; the teacher table gets a last row -c / t_t that every
         # pair taps with weight 1, so one gather yields (t - c) / t_t.
         t_table = torch.cat([teacher_table, -center.reshape(1, -1)]) / t_temp
         s_table = student_table / s_temp
+        t_rows = torch.cat([teacher.rows, teacher.rows.new_full((teacher.rows.shape[0], 1), t_table.shape[0] - 1)], 1)
+        t_weights = torch.cat([teacher.weights, teacher.weights.new_ones(teacher.weights.shape[0], 1)], 1)
+        chunks = _chunks(counts, max(pairs_per_chunk, 1))
+        width = student_table.shape[1]
+        t_buf = student_table.new_empty(max(p1 - p0 for _, _, p0, p1 in chunks), width)
+        s_buf = student_table.new_empty(max(c1 - c0 for c0, c1, _, _ in chunks), width)
+        target_buf = torch.empty_like(s_buf)
         grad = torch.zeros_like(student_table) if ctx.needs_input_grad[0] else None
         total = student_table.new_zeros(())
-        # The (cells, L) rows are updated in place: on a CPU this loop is bound by memory traffic and by fresh
-        # allocations (page faults), not arithmetic. A variant with torch.softmax per chunk and teacher rows
-        # once per distinct V_d cell measured ~9% slower on a 2-core CPU (R-50 sizes), for that reason.
-        for c0, c1, p0, p1 in _chunks(counts, max(pairs_per_chunk, 1)):
-            target = _teacher_targets(t_table, teacher, p0, p1, dev_counts[c0:c1])  # (cells, L) sum of p_t
-            st = CellTables(s_table, student.rows[c0:c1], student.weights[c0:c1])
-            z = gather_cell_logits(st)  # (cells, L) student logits / t_s
+        for c0, c1, p0, p1 in chunks:
+            cells, pairs, k = c1 - c0, p1 - p0, k_all[c0:c1]
+            x = torch.addmm(t_buf[:pairs], _gather_matrix(t_rows[p0:p1], t_weights[p0:p1], t_table.shape[0]),
+                            t_table, beta=0, out=t_buf[:pairs])
+            _, x_sum = _exp_rows_(x)
+            owner = torch.repeat_interleave(torch.arange(cells, device=dev), k, output_size=pairs)
+            norm = torch.sparse_csr_tensor(torch.cat([k.new_zeros(1), k.cumsum(0)]),
+                                           torch.arange(pairs, device=dev), 1.0 / x_sum, (cells, pairs))
+            target = torch.addmm(target_buf[:cells], norm, x, beta=0, out=target_buf[:cells])  # sum of p_t
+            z = torch.addmm(s_buf[:cells], _gather_matrix(student.rows[c0:c1], student.weights[c0:c1],
+                                                         s_table.shape[0]), s_table, beta=0, out=s_buf[:cells])
             cross = target.reshape(-1) @ z.reshape(-1)
-            z_max = z.amax(dim=1, keepdim=True)
-            e = z.sub_(z_max).exp_()  # in place: exp(z - max)
-            e_sum = e.sum(dim=1)
-            k = dev_counts[c0:c1]
-            total = total + (k * (z_max[:, 0] + e_sum.log())).sum() - cross
-            if grad is not None:  # d/ds of the chunk's sum: (k softmax(z) - target) / t_s, in place
-                g = e.mul_((k / e_sum)[:, None]).sub_(target).div_(s_temp)
-                grad += torch.sparse.mm(_tap_matrix(st, grad.shape[0]), g)
+            z_max, z_sum = _exp_rows_(z)
+            total = total + (k * (z_max + z_sum.log())).sum() - cross
+            if grad is not None:  # d/dz of the chunk's sum: k softmax(z) - target (in place)
+                g = z.mul_((k / z_sum)[:, None]).sub_(target)
+                grad.addmm_(_scatter_matrix(student.rows[c0:c1], student.weights[c0:c1], grad.shape[0]), g)
         if grad is not None:
-            ctx.save_for_backward(grad / max(n, 1))
+            ctx.save_for_backward(grad.div_(s_temp * max(n, 1)))
         return total / max(n, 1)
 
     @staticmethod
@@ -247,5 +262,8 @@ def matched_distillation_loss(student: CellTables, teacher: CellTables, center, 
 
 @torch.no_grad()
 def matched_teacher_sum(teacher: CellTables) -> torch.Tensor:
-    """(1, M*M + logits) sum over the matched pairs of the teacher rows, without building them."""
-    return gather_cell_logits(CellTables(teacher.table, teacher.rows.reshape(1, -1), teacher.weights.reshape(1, -1)))
+    """(1, M*M + logits) sum over the matched pairs of the teacher rows, without building them: the rows are
+    linear in the table, so the sum is (total tap weight per table row) @ table."""
+    per_row = teacher.table.new_zeros(teacher.table.shape[0])
+    per_row.index_add_(0, teacher.rows.reshape(-1), teacher.weights.reshape(-1).to(per_row.dtype))
+    return (per_row @ teacher.table)[None]
