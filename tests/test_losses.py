@@ -172,8 +172,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("chunk", [0, 5])
-def test_matched_distillation_equals_naive(chunk, device):
+def test_matched_distillation_equals_naive(chunk, dense, device):
     gen = torch.Generator().manual_seed(1)
     n, c, h, w, m, nl = 2, 8, 2, 4, 5, 6
     unit = lambda: F.normalize(torch.randn(n, c, h, w, generator=gen), dim=1)  # noqa: E731
@@ -189,17 +190,25 @@ def test_matched_distillation_equals_naive(chunk, device):
     g_want = torch.autograd.grad(want, [u_q, w_q])
 
     dev = [t.to(device) for t in (u_q, u_k, u_d, w_q, w_k, iq, id_, center)]
-    student = CellTables(cell_table(dev[0], dev[1], dev[3], m, 128.0), *cell_taps(dev[5], m, (h, w)))
+    student = CellTables(cell_table(dev[0], dev[1], dev[3], m, 128.0), *cell_taps(dev[5], m, (h, w)),
+                         image=iq // (m * m), rows_per_image=h * w)
     teacher = CellTables(cell_table(dev[2], dev[1], dev[4], m, 128.0), *cell_taps(dev[6], m, (h, w)))
-    got = matched_distillation_loss(student, teacher, dev[7], *temps, chunk_size=chunk)
+    got = matched_distillation_loss(student, teacher, dev[7], *temps, chunk_size=chunk, dense=dense)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     for a, b in zip(torch.autograd.grad(got, [u_q, w_q]), g_want):
         assert torch.allclose(a.cpu(), b, atol=1e-6, rtol=1e-4)
     assert torch.allclose(matched_teacher_sum(teacher).cpu(), want_sum, atol=1e-5)
 
 
+def test_dense_distillation_needs_images():
+    t = CellTables(torch.zeros(4, 3), torch.zeros(1, 4, dtype=torch.long), torch.full((1, 4), 0.25))
+    with pytest.raises(ValueError, match="image"):
+        matched_distillation_loss(t, t, torch.zeros(1, 3), 0.1, 0.07, 0, dense=True)
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_matched_distillation_per_distinct_student_cell_equals_naive(device):
+@pytest.mark.parametrize("dense", [False, True])
+def test_matched_distillation_per_distinct_student_cell_equals_naive(dense, device):
     """The model's path: student rows once per distinct V_q cell with pair counts, several chunks."""
     gen = torch.Generator().manual_seed(4)
     n, c, h, w, m, nl = 2, 8, 3, 2, 6, 5
@@ -216,9 +225,10 @@ def test_matched_distillation_per_distinct_student_cell_equals_naive(device):
     g_want = torch.autograd.grad(want, [u_q, w_q])
 
     dev = [t.to(device) for t in (u_q, u_k, u_d, w_q, w_k, cells, id_, center)]
-    student = CellTables(cell_table(dev[0], dev[1], dev[3], m, 128.0), *cell_taps(dev[5], m, (h, w)), counts)
+    student = CellTables(cell_table(dev[0], dev[1], dev[3], m, 128.0), *cell_taps(dev[5], m, (h, w)), counts,
+                         image=cells // (m * m), rows_per_image=h * w)
     teacher = CellTables(cell_table(dev[2], dev[1], dev[4], m, 128.0), *cell_taps(dev[6], m, (h, w)))
-    got = matched_distillation_loss(student, teacher, dev[7], *temps, chunk_size=4)
+    got = matched_distillation_loss(student, teacher, dev[7], *temps, chunk_size=4, dense=dense)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     for a, b in zip(torch.autograd.grad(got, [u_q, w_q]), g_want):
         assert torch.allclose(a.cpu(), b, atol=1e-6, rtol=1e-4)

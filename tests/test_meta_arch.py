@@ -187,6 +187,6 @@ def test_cuda_step_matches_cpu(repo_root, monkeypatch):
     (l_cpu, g_cpu, c_cpu), (l_gpu, g_gpu, c_gpu) = results
     for k in LOSS_KEYS:
         assert l_gpu[k] == pytest.approx(l_cpu[k], rel=1e-4, abs=1e-5), k
-    for a, b in zip(g_gpu, g_cpu):
-        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    for a, b in zip(g_gpu, g_cpu):  # whole-tensor relative error: cuDNN and MKL sum in different orders
+        assert (a - b).norm() <= 1e-3 * b.norm() + 1e-6
     assert torch.allclose(c_gpu, c_cpu, atol=1e-5)

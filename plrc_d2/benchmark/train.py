@@ -10,7 +10,8 @@ floor      = the backbone alone: one forward+backward on one view + two no-grad 
 heads      = the floor plus PLRC's heads (g and h on V_q with gradients, g+h on V_k and h on V_d without):
              the encoder compute the method itself prescribes; full - heads is what the losses, matching,
              EMA update and queue add.
-Each is measured in its own child process of this run (same config, inputs, threads), so peak memory is
+s/iter is the median over the timed iterations (robust to a stray slow one on a shared machine). Each phase
+is measured in its own child process of this run (same config, inputs, threads), so peak memory is
 comparable: CUDA max_memory_allocated, or on CPU the peak resident set size, above the state after set-up
 (warm-up included). The optimizer step is excluded from all three.
 """
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -194,15 +196,17 @@ def _run_phase(args) -> dict:
     for _ in range(args.warmup):
         step()
     sync()
-    start = time.perf_counter()
-    for _ in range(args.iters):
+    times = []
+    for _ in range(max(args.iters, 1)):
+        start = time.perf_counter()
         step()
-    sync()
-    sec = (time.perf_counter() - start) / max(args.iters, 1)
+        sync()
+        times.append(time.perf_counter() - start)
+    sec = statistics.median(times)  # robust to a stray slow iteration on a shared machine
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if args.profile and args.phase == "full":
         _profile(step, sync, cuda, args.profile)
-    return {"s_per_iter": sec, "images_per_s": args.batch / sec, "peak_mem_bytes": peak - base,
+    return {"s_per_iter": sec, "iter_times": times, "images_per_s": args.batch / sec, "peak_mem_bytes": peak - base,
             "peak_mem_kind": "cuda max_memory_allocated above model" if cuda else "peak RSS above set-up RSS"}
 
 

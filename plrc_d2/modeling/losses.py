@@ -134,12 +134,17 @@ class CellTables:
     rows, weights: (n, 4) bilinear taps (`matching.cell_taps`) of the M x M cells of this side.
     counts: student only, optional host (CPU) int64 (n,): row i stands for counts[i] consecutive matched
         pairs (pairs sorted by student cell); None = one pair per row.
+    image, rows_per_image: student only, optional: host int64 (n,) image of each row (non-decreasing) and the
+        table rows per image (h*w). With them the distillation can work image by image with dense products
+        (`matched_distillation_loss(dense=...)`).
     """
 
     table: torch.Tensor
     rows: torch.Tensor
     weights: torch.Tensor
     counts: Optional[torch.Tensor] = None
+    image: Optional[torch.Tensor] = None
+    rows_per_image: int = 0
 
 
 def gather_cell_logits(t: CellTables) -> torch.Tensor:
@@ -147,15 +152,19 @@ def gather_cell_logits(t: CellTables) -> torch.Tensor:
     return F.embedding_bag(t.rows, t.table, per_sample_weights=t.weights.to(t.table.dtype), mode="sum")
 
 
-def _chunks(counts: torch.Tensor, pairs_per_chunk: int) -> List[Tuple[int, int, int, int]]:
-    """Host counts (cells,) -> [(cell0, cell1, pair0, pair1)] with about pairs_per_chunk pairs each."""
-    ends = counts.cumsum(0).tolist()
-    out, c0, p0 = [], 0, 0
-    for c, end in enumerate(ends):
-        if end - p0 >= pairs_per_chunk or c == len(ends) - 1:
-            out.append((c0, c + 1, p0, end))
-            c0, p0 = c + 1, end
-    return out
+def _chunks(counts: torch.Tensor, pairs_per_chunk: int,
+            image: Optional[torch.Tensor] = None) -> List[Tuple[int, int, int, int]]:
+    """Host counts (cells,) -> [(cell0, cell1, pair0, pair1)]: a new chunk starts where the pair offset crosses a
+    multiple of pairs_per_chunk and, if `image` (host (cells,)) is given, wherever the image changes."""
+    ends = counts.cumsum(0)
+    starts = ends - counts
+    new = torch.ones(counts.shape[0], dtype=torch.bool)
+    new[1:] = starts[1:] // pairs_per_chunk != starts[:-1] // pairs_per_chunk
+    if image is not None:
+        new[1:] |= image[1:] != image[:-1]
+    first = new.nonzero()[:, 0]
+    last = torch.cat([first[1:], first.new_full((1,), counts.shape[0])])
+    return list(zip(first.tolist(), last.tolist(), starts[first].tolist(), ends[last - 1].tolist()))
 
 
 def _gather_matrix(rows: torch.Tensor, weights: torch.Tensor, num_cols: int) -> torch.Tensor:
@@ -183,35 +192,54 @@ def _exp_rows_(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return x_max[:, 0], x.sum(dim=1)
 
 
+def _dense_taps(rows: torch.Tensor, weights: torch.Tensor, width: int) -> torch.Tensor:
+    """(cells, taps) local rows in [0, width) and weights -> dense (cells, width) tap matrix."""
+    return weights.new_zeros(rows.shape[0], width).scatter_add_(1, rows, weights)
+
+
 class _FusedDistillation(torch.autograd.Function):
     """Loss and its gradient w.r.t. the student table in one chunked pass (see module docstring).
 
     Per chunk of student cells and their pairs: teacher rows -> exp in place -> per-cell target (sum of the
     pairs' distributions); student rows -> cross term with the target, log-sum-exp, then in place
     k softmax - target, scattered into the (small) gradient table. The (rows, L) blocks live in three buffers
-    allocated once per call and reused by every chunk: on a CPU this loop is bound by memory traffic.
+    allocated once per call and reused by every chunk.
+
+    Gathers and scatters are products with the tap matrices, in one of two forms:
+      * sparse (CPU): 4 taps per row as CSR / COO matrices over the whole table. Fewest operations; on a CPU the
+        loop is bound by memory traffic, and cache-sized chunks keep it there.
+      * dense (`dense=True`, GPUs): chunks never straddle an image, so the taps of a chunk form a dense
+        (rows, h*w) matrix against the image's h*w table rows, and each gather / scatter is one GEMM. 12x the
+        arithmetic of the sparse form at h*w = 49, but GEMMs run near peak on a GPU while sparse kernels with a
+        few long output rows (the scatter) do not.
     """
 
     @staticmethod
-    def forward(ctx, student_table, teacher_table, center, student, teacher, temps, pairs_per_chunk):
+    def forward(ctx, student_table, teacher_table, center, student, teacher, temps, pairs_per_chunk, dense):
         with torch.autocast(student_table.device.type, enabled=False):
             return _FusedDistillation._run(ctx, student_table, teacher_table, center, student, teacher, temps,
-                                           pairs_per_chunk)
+                                           pairs_per_chunk, dense)
 
     @staticmethod
-    def _run(ctx, student_table, teacher_table, center, student, teacher, temps, pairs_per_chunk):
+    def _run(ctx, student_table, teacher_table, center, student, teacher, temps, pairs_per_chunk, dense):
         s_temp, t_temp = temps
         counts = student.counts if student.counts is not None else torch.ones(student.rows.shape[0], dtype=torch.long)
         n = int(counts.sum())
         dev = student_table.device
         k_all = host_to_device(counts, dev)
-        # Temperatures folded into the (small) tables; the teacher table gets a last row -c / t_t that every
-        # pair taps with weight 1, so one gather yields (t - c) / t_t.
-        t_table = torch.cat([teacher_table, -center.reshape(1, -1)]) / t_temp
+        hw = student.rows_per_image
+        # Temperatures folded into the (small) tables. Sparse form: the teacher table gets a last row -c / t_t
+        # that every pair taps with weight 1, so one gather yields (t - c) / t_t; dense form: the same row is the
+        # GEMM's bias.
+        bias = -center.reshape(1, -1) / t_temp
+        t_table = teacher_table / t_temp
         s_table = student_table / s_temp
-        t_rows = torch.cat([teacher.rows, teacher.rows.new_full((teacher.rows.shape[0], 1), t_table.shape[0] - 1)], 1)
-        t_weights = torch.cat([teacher.weights, teacher.weights.new_ones(teacher.weights.shape[0], 1)], 1)
-        chunks = _chunks(counts, max(pairs_per_chunk, 1))
+        if not dense:
+            t_table = torch.cat([t_table, bias])
+            t_rows = torch.cat([teacher.rows, teacher.rows.new_full((teacher.rows.shape[0], 1), t_table.shape[0] - 1)],
+                               1)
+            t_weights = torch.cat([teacher.weights, teacher.weights.new_ones(teacher.weights.shape[0], 1)], 1)
+        chunks = _chunks(counts, max(pairs_per_chunk, 1), student.image if dense else None)
         width = student_table.shape[1]
         t_buf = student_table.new_empty(max(p1 - p0 for _, _, p0, p1 in chunks), width)
         s_buf = student_table.new_empty(max(c1 - c0 for c0, c1, _, _ in chunks), width)
@@ -220,21 +248,32 @@ class _FusedDistillation(torch.autograd.Function):
         total = student_table.new_zeros(())
         for c0, c1, p0, p1 in chunks:
             cells, pairs, k = c1 - c0, p1 - p0, k_all[c0:c1]
-            x = torch.addmm(t_buf[:pairs], _gather_matrix(t_rows[p0:p1], t_weights[p0:p1], t_table.shape[0]),
-                            t_table, beta=0, out=t_buf[:pairs])
+            if dense:
+                r0 = int(student.image[c0]) * hw
+                t_taps = _dense_taps(teacher.rows[p0:p1] - r0, teacher.weights[p0:p1].float(), hw)
+                x = torch.addmm(bias, t_taps, t_table[r0:r0 + hw], out=t_buf[:pairs])
+            else:
+                x = torch.addmm(t_buf[:pairs], _gather_matrix(t_rows[p0:p1], t_weights[p0:p1], t_table.shape[0]),
+                                t_table, beta=0, out=t_buf[:pairs])
             _, x_sum = _exp_rows_(x)
-            owner = torch.repeat_interleave(torch.arange(cells, device=dev), k, output_size=pairs)
             norm = torch.sparse_csr_tensor(torch.cat([k.new_zeros(1), k.cumsum(0)]),
                                            torch.arange(pairs, device=dev), 1.0 / x_sum, (cells, pairs))
             target = torch.addmm(target_buf[:cells], norm, x, beta=0, out=target_buf[:cells])  # sum of p_t
-            z = torch.addmm(s_buf[:cells], _gather_matrix(student.rows[c0:c1], student.weights[c0:c1],
-                                                         s_table.shape[0]), s_table, beta=0, out=s_buf[:cells])
+            if dense:
+                s_taps = _dense_taps(student.rows[c0:c1] - r0, student.weights[c0:c1].float(), hw)
+                z = torch.mm(s_taps, s_table[r0:r0 + hw], out=s_buf[:cells])
+            else:
+                z = torch.addmm(s_buf[:cells], _gather_matrix(student.rows[c0:c1], student.weights[c0:c1],
+                                                             s_table.shape[0]), s_table, beta=0, out=s_buf[:cells])
             cross = target.reshape(-1) @ z.reshape(-1)
             z_max, z_sum = _exp_rows_(z)
             total = total + (k * (z_max + z_sum.log())).sum() - cross
             if grad is not None:  # d/dz of the chunk's sum: k softmax(z) - target (in place)
                 g = z.mul_((k / z_sum)[:, None]).sub_(target)
-                grad.addmm_(_scatter_matrix(student.rows[c0:c1], student.weights[c0:c1], grad.shape[0]), g)
+                if dense:
+                    grad[r0:r0 + hw].addmm_(s_taps.t(), g)
+                else:
+                    grad.addmm_(_scatter_matrix(student.rows[c0:c1], student.weights[c0:c1], grad.shape[0]), g)
         if grad is not None:
             ctx.save_for_backward(grad.div_(s_temp * max(n, 1)))
         return total / max(n, 1)
@@ -242,22 +281,30 @@ class _FusedDistillation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None, None, None, None, None
+        return grad * grad_output, None, None, None, None, None, None, None
 
 
 def matched_distillation_loss(student: CellTables, teacher: CellTables, center, student_temperature: float,
-                              teacher_temperature: float, chunk_size: int) -> torch.Tensor:
+                              teacher_temperature: float, chunk_size: int,
+                              dense: Optional[bool] = None) -> torch.Tensor:
     """`affinity_distillation_loss` of the n matched pairs, from the cell tables (float32).
 
     teacher rows are per pair; student rows per pair or per distinct cell with `counts`. Pairs are
     processed about `chunk_size` at a time (0: all at once), so peak memory holds one chunk's (chunk, L)
     rows. Gradients reach student.table only (the teacher and centre are constants).
+    dense: gathers and scatters as per-image dense products (needs student.image and .rows_per_image; chunks
+    then also end at every image); None = dense on GPUs when the student side has them, sparse on CPUs.
     """
     if student.rows.shape[0] == 0:
         return student.table.sum() * 0
+    has_images = student.image is not None and student.rows_per_image > 0
+    if dense is None:
+        dense = has_images and student.table.device.type != "cpu"
+    elif dense and not has_images:
+        raise ValueError("dense distillation needs CellTables.image and .rows_per_image on the student side")
     chunk = teacher.rows.shape[0] if chunk_size <= 0 else chunk_size
     return _FusedDistillation.apply(student.table, teacher.table.detach(), center.detach().float(), student, teacher,
-                                    (student_temperature, teacher_temperature), chunk)
+                                    (student_temperature, teacher_temperature), chunk, dense)
 
 
 @torch.no_grad()

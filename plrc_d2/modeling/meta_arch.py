@@ -282,7 +282,8 @@ class PLRC(nn.Module):
         with torch.autocast(self.device.type, enabled=False):
             w_q = self.encoder.distill_head.last_layer.normalized_weight().float()
             student = CellTables(cell_table(u_q.float(), u_k.float(), w_q, p.map_size, p.affinity_divisor),
-                                 *cell_taps(host_to_device(cells_q, self.device), p.map_size, hw), counts)
+                                 *cell_taps(host_to_device(cells_q, self.device), p.map_size, hw), counts,
+                                 image=cells_q // (p.map_size * p.map_size), rows_per_image=hw[0] * hw[1])
             with torch.no_grad():
                 w_k = self.momentum_encoder.distill_head.last_layer.normalized_weight().float()
                 teacher = CellTables(cell_table(u_d.float(), u_k.float(), w_k, p.map_size, p.affinity_divisor),
