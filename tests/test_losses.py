@@ -208,7 +208,8 @@ def test_dense_distillation_needs_images():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dense", [False, True])
-def test_matched_distillation_per_distinct_student_cell_equals_naive(dense, device):
+@pytest.mark.parametrize("temps", [(0.1, 0.07), (1.0, 1.0), (0.004, 0.004)])  # exp with / without row-max shifts
+def test_matched_distillation_per_distinct_student_cell_equals_naive(dense, device, temps):
     """The model's path: student rows once per distinct V_q cell with pair counts, several chunks."""
     gen = torch.Generator().manual_seed(4)
     n, c, h, w, m, nl = 2, 8, 3, 2, 6, 5
@@ -220,7 +221,7 @@ def test_matched_distillation_per_distinct_student_cell_equals_naive(dense, devi
                           E([[0.3, 0.3, 0.6, 0.6], [0.7, 0.0, 0.1, 0.6]]), m, 0.5)
     cells, counts = torch.unique_consecutive(iq, return_counts=True)
     assert counts.max() > 1
-    center, temps = torch.randn(1, m * m + nl, generator=gen) * 0.1, (0.1, 0.07)
+    center = torch.randn(1, m * m + nl, generator=gen) * 0.1
     want, want_sum = _naive(u_q, u_k, u_d, w_q, w_k, iq, id_, m, center, temps)
     g_want = torch.autograd.grad(want, [u_q, w_q])
 

@@ -10,8 +10,9 @@ floor      = the backbone alone: one forward+backward on one view + two no-grad 
 heads      = the floor plus PLRC's heads (g and h on V_q with gradients, g+h on V_k and h on V_d without):
              the encoder compute the method itself prescribes; full - heads is what the losses, matching,
              EMA update and queue add.
-s/iter is the median over the timed iterations (robust to a stray slow one on a shared machine). Each phase
-is measured in its own child process of this run (same config, inputs, threads), so peak memory is
+Timing: one child process builds the model once and runs the three phases in interleaved rounds (--iters
+rounds, the order rotating), so a drifting shared machine affects all three alike; s/iter is each phase's
+median. Peak memory: each phase alone in its own child process (same config, inputs, threads), so the peaks are
 comparable: CUDA max_memory_allocated, or on CPU the peak resident set size, above the state after set-up
 (warm-up included). The optimizer step is excluded from all three.
 """
@@ -105,7 +106,7 @@ def _parser():
     p.add_argument("--config-file", default="configs/Base-PLRC.yaml")
     p.add_argument("--batch", type=int, default=16, help="images per step (one process)")
     p.add_argument("--size", type=int, default=224, help="crop size S (INPUT.PLRC.CROP_SIZE)")
-    p.add_argument("--iters", type=int, default=3, help="timed iterations per phase")
+    p.add_argument("--iters", type=int, default=3, help="timed rounds (one step of each phase per round)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations per phase")
     p.add_argument("--amp", action="store_true", help="autocast (float16 on CUDA, bfloat16 on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -180,34 +181,55 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _run_phase(args) -> dict:
+PHASES = ("floor", "heads", "full")
+
+
+def _sync_fn(args):
+    return torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+
+def _run_memory(args) -> dict:
+    """Peak memory of one phase, alone in this process: warm-up steps plus one step."""
     cfg, model, inputs = _setup(args)
     step = _step_fn(args.phase, model, inputs, args)
     cuda = args.device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    # Peak memory above the state after set-up (model, optimizer-free, inputs); warm-up steps count too
-    # (on CPU freed memory stays in the process, so a baseline taken after them would hide the peak).
+    # Peak memory above the state after set-up (model, optimizer-free, inputs); every step counts (on CPU freed
+    # memory stays in the process, so a baseline taken after a step would hide the peak).
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = _rss_bytes()
-    for _ in range(args.warmup):
+    for _ in range(max(args.warmup, 0) + 1):
         step()
-    sync()
-    times = []
-    for _ in range(max(args.iters, 1)):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    sec = statistics.median(times)  # robust to a stray slow iteration on a shared machine
+    _sync_fn(args)()
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if args.profile and args.phase == "full":
-        _profile(step, sync, cuda, args.profile)
-    return {"s_per_iter": sec, "iter_times": times, "images_per_s": args.batch / sec, "peak_mem_bytes": peak - base,
+    return {"peak_mem_bytes": peak - base,
             "peak_mem_kind": "cuda max_memory_allocated above model" if cuda else "peak RSS above set-up RSS"}
+
+
+def _run_timing(args) -> dict:
+    """Times of the three phases in one process, in interleaved rounds (the order rotates every round), so a
+    drifting machine (other tenants, clocks) affects all three alike; s/iter is each phase's median."""
+    cfg, model, inputs = _setup(args)
+    steps = {phase: _step_fn(phase, model, inputs, args) for phase in PHASES}
+    sync = _sync_fn(args)
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    sync()
+    times = {phase: [] for phase in PHASES}
+    for r in range(max(args.iters, 1)):
+        for phase in PHASES[r % 3:] + PHASES[: r % 3]:
+            start = time.perf_counter()
+            steps[phase]()
+            sync()
+            times[phase].append(time.perf_counter() - start)
+    if args.profile:
+        _profile(steps["full"], sync, args.device.startswith("cuda"), args.profile)
+    return {phase: {"s_per_iter": statistics.median(t), "iter_times": t, "images_per_s": args.batch / statistics.median(t)}
+            for phase, t in times.items()}
 
 
 def _profile(step, sync, cuda: bool, path: str) -> None:
@@ -233,20 +255,26 @@ def _profile(step, sync, cuda: bool, path: str) -> None:
 def main(argv=None):
     args = _parser().parse_args(argv)
     if args.phase:
-        print("PHASE_RESULT " + json.dumps(_run_phase(args)), flush=True)
+        result = _run_timing(args) if args.phase == "timing" else _run_memory(args)
+        print("PHASE_RESULT " + json.dumps(result), flush=True)
         return 0
     res = {"config": args.config_file, "batch": args.batch, "size": args.size, "amp": args.amp,
            "device": args.device, "threads": torch.get_num_threads(), "opts": args.opts}
     if args.device.startswith("cuda"):
         res["device_name"] = torch.cuda.get_device_name(0)
-    for phase in ("floor", "heads", "full"):
+    for phase in PHASES + ("timing",):
         cmd = [sys.executable, "-m", "plrc_d2.benchmark.train", "--phase", phase] + _forward_args(argv)
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("PHASE_RESULT ")]
         if out.returncode or not lines:
             sys.stderr.write(out.stdout[-4000:] + out.stderr[-4000:])
             raise SystemExit(f"benchmark phase {phase!r} failed (exit {out.returncode})")
-        res[phase] = json.loads(lines[-1][len("PHASE_RESULT "):])
+        result = json.loads(lines[-1][len("PHASE_RESULT "):])
+        if phase == "timing":
+            for name in PHASES:
+                res[name].update(result[name])
+        else:
+            res[phase] = result
     res["time_ratio"] = res["full"]["s_per_iter"] / res["floor"]["s_per_iter"]
     res["memory_ratio"] = res["full"]["peak_mem_bytes"] / max(res["floor"]["peak_mem_bytes"], 1)
     res["heads_time_ratio"] = res["heads"]["s_per_iter"] / res["floor"]["s_per_iter"]
@@ -267,8 +295,9 @@ def _print(res: dict) -> None:
           f"{res.get('device_name', '')} amp={res['amp']} threads={res['threads']}")
     for phase in ("floor", "heads", "full"):
         r = res[phase]
-        print(f"  {phase:5s}: {r['s_per_iter']:.3f} s/iter  {r['images_per_s']:.2f} images/s  "
-              f"peak {r['peak_mem_bytes'] / gib:.2f} GiB ({r['peak_mem_kind']})")
+        t = r["iter_times"]
+        print(f"  {phase:5s}: {r['s_per_iter']:.3f} s/iter (median; {min(t):.3f}-{max(t):.3f} over {len(t)})  "
+              f"{r['images_per_s']:.2f} images/s  peak {r['peak_mem_bytes'] / gib:.2f} GiB ({r['peak_mem_kind']})")
     print(f"  ratio full/floor: time {res['time_ratio']:.3f}  peak memory {res['memory_ratio']:.3f}"
           f"  (heads/floor: time {res['heads_time_ratio']:.3f})")
 

@@ -185,10 +185,26 @@ def _scatter_matrix(rows: torch.Tensor, weights: torch.Tensor, num_rows: int) ->
                                    check_invariants=False).coalesce()
 
 
-def _exp_rows_(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """In place x <- exp(x - rowmax); returns (rowmax (rows,), rowsum of the new x (rows,))."""
-    x_max = x.amax(dim=1, keepdim=True)
-    x.sub_(x_max).exp_()
+# exp() without the row-max shift stays finite and normal in float32 while |logit| <= this bound (exp(60) * 10^5
+# logits < 1e32; exp(-60) > 1e-27).
+_EXP_SAFE_BOUND = 60.0
+
+
+def _logit_bound(table: torch.Tensor, weights: torch.Tensor) -> float:
+    """Upper bound of |row| over all gathered rows sum_j w_j table[r_j]: max|table| * max_i sum_j |w_ij|."""
+    if table.numel() == 0 or weights.numel() == 0:
+        return 0.0
+    return float(table.abs().amax()) * float(weights.abs().sum(dim=1).amax())
+
+
+def _exp_rows_(x: torch.Tensor, shift: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """In place x <- exp(x - m) with m = rowmax (shift) or 0; returns (m (rows,), rowsum of the new x (rows,))."""
+    if shift:
+        x_max = x.amax(dim=1, keepdim=True)
+        x.sub_(x_max)
+    else:
+        x_max = x.new_zeros(x.shape[0], 1)
+    x.exp_()
     return x_max[:, 0], x.sum(dim=1)
 
 
@@ -239,6 +255,13 @@ class _FusedDistillation(torch.autograd.Function):
             t_rows = torch.cat([teacher.rows, teacher.rows.new_full((teacher.rows.shape[0], 1), t_table.shape[0] - 1)],
                                1)
             t_weights = torch.cat([teacher.weights, teacher.weights.new_ones(teacher.weights.shape[0], 1)], 1)
+        # Row-max shifts (two passes over every block) only where the logits could overflow exp(): the rows are
+        # convex combinations of table rows, and at the reference settings |logit| <= 2 / t_t = 50.
+        if dense:
+            t_shift = _logit_bound(t_table, teacher.weights) + float(bias.abs().amax()) > _EXP_SAFE_BOUND
+        else:
+            t_shift = _logit_bound(t_table, t_weights) > _EXP_SAFE_BOUND
+        s_shift = _logit_bound(s_table, student.weights) > _EXP_SAFE_BOUND
         chunks = _chunks(counts, max(pairs_per_chunk, 1), student.image if dense else None)
         width = student_table.shape[1]
         t_buf = student_table.new_empty(max(p1 - p0 for _, _, p0, p1 in chunks), width)
@@ -255,7 +278,7 @@ class _FusedDistillation(torch.autograd.Function):
             else:
                 x = torch.addmm(t_buf[:pairs], _gather_matrix(t_rows[p0:p1], t_weights[p0:p1], t_table.shape[0]),
                                 t_table, beta=0, out=t_buf[:pairs])
-            _, x_sum = _exp_rows_(x)
+            _, x_sum = _exp_rows_(x, t_shift)
             norm = torch.sparse_csr_tensor(torch.cat([k.new_zeros(1), k.cumsum(0)]),
                                            torch.arange(pairs, device=dev), 1.0 / x_sum, (cells, pairs))
             target = torch.addmm(target_buf[:cells], norm, x, beta=0, out=target_buf[:cells])  # sum of p_t
@@ -266,7 +289,7 @@ class _FusedDistillation(torch.autograd.Function):
                 z = torch.addmm(s_buf[:cells], _gather_matrix(student.rows[c0:c1], student.weights[c0:c1],
                                                              s_table.shape[0]), s_table, beta=0, out=s_buf[:cells])
             cross = target.reshape(-1) @ z.reshape(-1)
-            z_max, z_sum = _exp_rows_(z)
+            z_max, z_sum = _exp_rows_(z, s_shift)
             total = total + (k * (z_max + z_sum.log())).sum() - cross
             if grad is not None:  # d/dz of the chunk's sum: k softmax(z) - target (in place)
                 g = z.mul_((k / z_sum)[:, None]).sub_(target)

@@ -1,0 +1,21 @@
+"""tools/benchmark.py train on a tiny config: every phase reports, the ratios follow from the medians."""
+import json
+import statistics
+
+from plrc_d2.benchmark.train import main
+
+
+def test_train_benchmark_reports_phases(repo_root, monkeypatch, tmp_path):
+    monkeypatch.chdir(repo_root)
+    out, prof = tmp_path / "bench.json", tmp_path / "profile.txt"
+    assert main(["--config-file", "configs/quick_schedules/plrc_R_18_quick.yaml", "--batch", "2", "--size", "32",
+                 "--iters", "2", "--warmup", "0", "--device", "cpu", "--json", str(out), "--profile", str(prof),
+                 "MODEL.PLRC.MAP_SIZE", "6"]) == 0
+    res = json.loads(out.read_text())
+    for phase in ("floor", "heads", "full"):
+        r = res[phase]
+        assert len(r["iter_times"]) == 2 and r["s_per_iter"] == statistics.median(r["iter_times"]) > 0
+        assert r["images_per_s"] == 2 / r["s_per_iter"] and r["peak_mem_bytes"] >= 0
+    assert res["time_ratio"] == res["full"]["s_per_iter"] / res["floor"]["s_per_iter"]
+    table = prof.read_text()
+    assert table.startswith("2 full steps, sorted by self_cpu_time_total") and "aten::" in table
