@@ -45,6 +45,16 @@ def test_apply_coords_agrees_with_crop_box(seed):
     np.testing.assert_allclose(view_to_image(pts_view, box) * [W, H], pts_img, atol=1e-4)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_crop_box_closed_form_equals_inverse_transform(seed):
+    size = 24
+    tfm = RandomResizedCrop(size, flip_prob=0.5).get_transform(np.zeros((H, W, 3), np.uint8),
+                                                                np.random.default_rng(seed))
+    corners = tfm.inverse().apply_coords(np.array([[0.0, 0.0], [size, size]]))
+    want = (corners / np.array([W, H], dtype=np.float64)).reshape(4).astype(np.float32)
+    np.testing.assert_allclose(crop_box_wrt_image(tfm, H, W, size), want, rtol=0, atol=1e-6)
+
+
 def test_sample_crop_box_bounds_and_determinism():
     for seed in range(50):
         x0, y0, w, h = sample_crop_box(np.random.default_rng(seed), H, W, (0.2, 1.0), (3 / 4, 4 / 3))
@@ -81,6 +91,10 @@ def test_photometric_transforms():
     assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
     assert GrayscaleTransform("RGB").apply_image(red)[0, 0, 0] == 76  # 0.299 * 255
     assert GrayscaleTransform("BGR").apply_image(red)[0, 0, 0] == 29  # 0.114 * 255
+    for fmt, rgb in (("RGB", img), ("BGR", img[..., ::-1])):  # contrast 0: every pixel = the mean luma
+        flat = ColorJitterTransform(1.0, 0.0, 1.0, 0.0, [1], fmt).apply_image(np.ascontiguousarray(rgb))
+        luma = (img.astype(np.float64) @ [0.299, 0.587, 0.114]).mean()
+        assert (flat == np.round(luma)).all()
     no_sat = ColorJitterTransform(1.0, 1.0, 0.0, 0.0, [2]).apply_image(img)
     np.testing.assert_array_equal(no_sat, gray)
     blurred = GaussianBlurTransform(1.5).apply_image(img)

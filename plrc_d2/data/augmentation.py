@@ -24,6 +24,7 @@ __all__ = ["ViewAugInput", "sample_crop_box", "CV2ResizeTransform", "CV2HFlipTra
 
 _TO_GRAY = {"RGB": cv2.COLOR_RGB2GRAY, "BGR": cv2.COLOR_BGR2GRAY}
 _FROM_GRAY = {"RGB": cv2.COLOR_GRAY2RGB, "BGR": cv2.COLOR_GRAY2BGR}
+_LUMA = {"RGB": (0.299, 0.587, 0.114), "BGR": (0.114, 0.587, 0.299)}  # ITU-R 601, as cv2's and PIL's grayscale
 _TO_HSV = {"RGB": cv2.COLOR_RGB2HSV_FULL, "BGR": cv2.COLOR_BGR2HSV_FULL}
 _FROM_HSV = {"RGB": cv2.COLOR_HSV2RGB_FULL, "BGR": cv2.COLOR_HSV2BGR_FULL}
 
@@ -44,12 +45,13 @@ def sample_crop_box(rng: np.random.Generator, height: int, width: int, scale: Se
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(attempts):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
+        u = rng.random(4)  # one draw per attempt: a Generator call costs more than the arithmetic here
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+            return min(int(u[2] * (width - w + 1)), width - w), min(int(u[3] * (height - h + 1)), height - h), w, h
     in_ratio = width / height
     if in_ratio < min(ratio):
         w, h = width, int(round(width / min(ratio)))
@@ -114,8 +116,20 @@ def crop_box_px(tfm: TransformList) -> np.ndarray:
 
 def crop_box_wrt_image(tfm: TransformList, height: int, width: int, size: int) -> np.ndarray:
     """float32 (4,) crop box wrt image (points.py): the view corners (0, 0) and (S, S) mapped back through
-    the inverse of the same transform, so a flipped view gets x0 > x1."""
-    corners = tfm.inverse().apply_coords(np.array([[0.0, 0.0], [size, size]]))
+    the inverse of the same transform, so a flipped view gets x0 > x1.
+
+    RandomResizedCrop's own [Crop, Resize to S x S, (HFlip)] lists take a closed form (the corners map to the
+    crop's corners, swapped in x if flipped): the generic inverse builds three transform objects per view."""
+    kinds = [type(t) for t in tfm.transforms]
+    if kinds in ([CropTransform, CV2ResizeTransform], [CropTransform, CV2ResizeTransform, CV2HFlipTransform]) \
+            and (tfm.transforms[1].new_w, tfm.transforms[1].new_h) == (size, size):
+        crop = tfm.transforms[0]
+        x0, x1 = crop.x0, crop.x0 + crop.w
+        if len(kinds) == 3:
+            x0, x1 = x1, x0
+        corners = np.array([[x0, crop.y0], [x1, crop.y0 + crop.h]], dtype=np.float64)
+    else:
+        corners = tfm.inverse().apply_coords(np.array([[0.0, 0.0], [size, size]]))
     return (corners / np.array([width, height], dtype=np.float64)).reshape(4).astype(np.float32)
 
 
@@ -149,7 +163,8 @@ class ColorJitterTransform(_PhotometricTransform):
         return cv2.convertScaleAbs(img, alpha=self.brightness)  # alpha >= 0: abs() changes nothing
 
     def _contrast(self, img):
-        mean = cv2.mean(cv2.cvtColor(img, _TO_GRAY[self.image_format]))[0]
+        # mean luma from the channel means (one pass, no grayscale image): the mean of the unrounded luma
+        mean = float(np.dot(cv2.mean(img)[:3], _LUMA[self.image_format]))
         return cv2.addWeighted(img, self.contrast, img, 0.0, (1.0 - self.contrast) * mean)
 
     def _saturation(self, img):

@@ -67,7 +67,7 @@ def points_in_regions(view_map: np.ndarray, region_ids: np.ndarray, num_points: 
     region has >= P cells, else with replacement).
 
     Args:
-        view_map: int (M, M) region ids of a view (:func:`view_region_map`).
+        view_map: int (M, M) region ids >= 0 of a view (:func:`view_region_map`).
         region_ids: int (R,), -1 = no region.
     Returns:
         float32 (R, P, 2) points wrt view at cell centres ((j + 0.5) / M, (i + 0.5) / M); rows whose region is
@@ -75,17 +75,26 @@ def points_in_regions(view_map: np.ndarray, region_ids: np.ndarray, num_points: 
     """
     size = view_map.shape[0]
     flat = view_map.reshape(-1)
-    points = np.full((len(region_ids), num_points, 2), DUMMY_POINT, dtype=np.float32)
-    for row, region in enumerate(region_ids):
-        cells = np.flatnonzero(flat == region) if region >= 0 else flat[:0]
-        if cells.size == 0:
-            continue
-        if cells.size >= num_points:
-            chosen = cells[rng.permutation(cells.size)[:num_points]]
-        else:
-            chosen = cells[rng.integers(0, cells.size, num_points)]
-        points[row, :, 0] = (chosen % size + 0.5) / size
-        points[row, :, 1] = (chosen // size + 0.5) / size
+    region_ids = np.asarray(region_ids, dtype=np.int64)
+    # Cells grouped by region with one stable sort (numpy radix-sorts 16-bit keys), then all rows at once:
+    # rows with >= P cells take the P smallest of per-cell random keys (a uniform sample without replacement),
+    # the others P uniform draws. A per-row flatnonzero + permutation loop costs ~3x more at 16 regions.
+    small_ids = flat.size and flat.max() < np.iinfo(np.int16).max
+    order = np.argsort(flat.astype(np.int16) if small_ids else flat, kind="stable")
+    sorted_ids = flat[order]
+    start = np.searchsorted(sorted_ids, region_ids, side="left")
+    count = np.searchsorted(sorted_ids, region_ids, side="right") - start
+    count[region_ids < 0] = 0
+    offsets = np.floor(rng.random((len(region_ids), num_points)) * count[:, None]).astype(np.int64)
+    full = count >= num_points
+    if full.any() and num_points > 0:
+        cells = count[full]
+        keys = rng.random((len(cells), int(cells.max())))
+        keys[np.arange(keys.shape[1])[None, :] >= cells[:, None]] = 2.0  # past the region's run: never picked
+        offsets[full] = np.argpartition(keys, num_points - 1, axis=1)[:, :num_points]
+    chosen = order[np.minimum(start[:, None] + offsets, flat.size - 1)]
+    points = np.stack([(chosen % size + 0.5) / size, (chosen // size + 0.5) / size], axis=-1).astype(np.float32)
+    points[count == 0] = DUMMY_POINT
     return points
 
 

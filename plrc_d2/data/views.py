@@ -9,7 +9,7 @@ and fallbacks are counted in `ViewSampler.stats`. With `reuse_key_as_distill`, V
 constraints and V_d is V_k.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from detectron2.data.transforms import AugmentationList
@@ -82,12 +82,13 @@ class ViewSampler:
         return self._geometry(tfm, image_hw, region_map)
 
     def _draw_constrained(self, image, region_map, rng, accept, query) -> ViewGeometry:
-        """Re-draws until accept(transform) holds (at most max_crop_tries), else falls back to V_q's box."""
+        """Re-draws until accept(transform) returns the view's geometry (it returns None to reject; at most
+        max_crop_tries draws), else falls back to V_q's box."""
         for attempt in range(int(self.settings.max_crop_tries)):
-            transform = self.crop.get_transform(image, rng)
-            if accept(transform):
+            geometry = accept(self.crop.get_transform(image, rng))
+            if geometry is not None:
                 self.stats["crop_retries"] += attempt
-                return self._geometry(transform, image.shape[:2], region_map)
+                return geometry
         self.stats["crop_retries"] += int(self.settings.max_crop_tries)
         self.stats["crop_failures"] += 1
         return self._fallback(query, image.shape[:2], region_map, rng)
@@ -100,18 +101,22 @@ class ViewSampler:
         num_ids = int(region_map.max()) + 1
         query_present = regions_present(query.region_map, num_ids)
 
-        def overlaps(transform):
+        def overlaps(transform) -> bool:
             return box_overlap(query.box_px, crop_box_px(transform)) >= min_overlap
 
-        def shares_region(transform):
-            view_map = self._geometry(transform, image.shape[:2], region_map).region_map
-            return bool((regions_present(view_map, num_ids) & query_present).any())
+        def shares_region(transform) -> Optional[ViewGeometry]:
+            geometry = self._geometry(transform, image.shape[:2], region_map)
+            return geometry if (regions_present(geometry.region_map, num_ids) & query_present).any() else None
+
+        def overlapping(transform) -> Optional[ViewGeometry]:
+            return self._geometry(transform, image.shape[:2], region_map) if overlaps(transform) else None
 
         if self.settings.reuse_key_as_distill:
-            key = self._draw_constrained(image, region_map, rng, lambda v: shares_region(v) and overlaps(v), query)
+            key = self._draw_constrained(image, region_map, rng,
+                                         lambda t: shares_region(t) if overlaps(t) else None, query)
             return [query, key, key]
         key = self._draw_constrained(image, region_map, rng, shares_region, query)
-        distill = self._draw_constrained(image, region_map, rng, overlaps, query)
+        distill = self._draw_constrained(image, region_map, rng, overlapping, query)
         return [query, key, distill]
 
     def render(self, image: np.ndarray, geometry: ViewGeometry, rng: np.random.Generator) -> np.ndarray:
