@@ -174,7 +174,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("chunk", [0, 5])
-def test_matched_distillation_equals_naive(chunk, dense, device):
+@pytest.mark.parametrize("dedupe", [False, True])  # teacher cell ids given: one row per distinct V_d cell
+def test_matched_distillation_equals_naive(chunk, dense, device, dedupe):
     gen = torch.Generator().manual_seed(1)
     n, c, h, w, m, nl = 2, 8, 2, 4, 5, 6
     unit = lambda: F.normalize(torch.randn(n, c, h, w, generator=gen), dim=1)  # noqa: E731
@@ -192,7 +193,8 @@ def test_matched_distillation_equals_naive(chunk, dense, device):
     dev = [t.to(device) for t in (u_q, u_k, u_d, w_q, w_k, iq, id_, center)]
     student = CellTables(cell_table(dev[0], dev[1], dev[3], m, 128.0), *cell_taps(dev[5], m, (h, w)),
                          image=iq // (m * m), rows_per_image=h * w)
-    teacher = CellTables(cell_table(dev[2], dev[1], dev[4], m, 128.0), *cell_taps(dev[6], m, (h, w)))
+    teacher = CellTables(cell_table(dev[2], dev[1], dev[4], m, 128.0), *cell_taps(dev[6], m, (h, w)),
+                         cells=id_ if dedupe else None)
     got = matched_distillation_loss(student, teacher, dev[7], *temps, chunk_size=chunk, dense=dense)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     for a, b in zip(torch.autograd.grad(got, [u_q, w_q]), g_want):
@@ -209,7 +211,8 @@ def test_dense_distillation_needs_images():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("temps", [(0.1, 0.07), (1.0, 1.0), (0.004, 0.004)])  # exp with / without row-max shifts
-def test_matched_distillation_per_distinct_student_cell_equals_naive(dense, device, temps):
+@pytest.mark.parametrize("dedupe", [False, True])
+def test_matched_distillation_per_distinct_student_cell_equals_naive(dense, device, temps, dedupe):
     """The model's path: student rows once per distinct V_q cell with pair counts, several chunks."""
     gen = torch.Generator().manual_seed(4)
     n, c, h, w, m, nl = 2, 8, 3, 2, 6, 5
@@ -228,7 +231,9 @@ def test_matched_distillation_per_distinct_student_cell_equals_naive(dense, devi
     dev = [t.to(device) for t in (u_q, u_k, u_d, w_q, w_k, cells, id_, center)]
     student = CellTables(cell_table(dev[0], dev[1], dev[3], m, 128.0), *cell_taps(dev[5], m, (h, w)), counts,
                          image=cells // (m * m), rows_per_image=h * w)
-    teacher = CellTables(cell_table(dev[2], dev[1], dev[4], m, 128.0), *cell_taps(dev[6], m, (h, w)))
+    teacher = CellTables(cell_table(dev[2], dev[1], dev[4], m, 128.0), *cell_taps(dev[6], m, (h, w)),
+                         cells=id_ if dedupe else None)
+    assert id_.unique().numel() < id_.numel()  # several V_q cells share V_d cells: deduplication has work
     got = matched_distillation_loss(student, teacher, dev[7], *temps, chunk_size=4, dense=dense)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     for a, b in zip(torch.autograd.grad(got, [u_q, w_q]), g_want):

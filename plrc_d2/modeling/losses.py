@@ -137,6 +137,8 @@ class CellTables:
     image, rows_per_image: student only, optional: host int64 (n,) image of each row (non-decreasing) and the
         table rows per image (h*w). With them the distillation can work image by image with dense products
         (`matched_distillation_loss(dense=...)`).
+    cells: teacher only, optional: host int64 (n,) ids such that rows with equal ids are equal (the V_d cell of
+        each pair). The sparse (CPU) path then computes each distinct teacher distribution once per chunk.
     """
 
     table: torch.Tensor
@@ -145,6 +147,7 @@ class CellTables:
     counts: Optional[torch.Tensor] = None
     image: Optional[torch.Tensor] = None
     rows_per_image: int = 0
+    cells: Optional[torch.Tensor] = None
 
 
 def gather_cell_logits(t: CellTables) -> torch.Tensor:
@@ -208,6 +211,22 @@ def _exp_rows_(x: torch.Tensor, shift: bool) -> Tuple[torch.Tensor, torch.Tensor
     return x_max[:, 0], x.sum(dim=1)
 
 
+def _distinct_teacher_rows(t_rows, t_weights, cells: torch.Tensor, chunks):
+    """Deduplicates the teacher rows within each chunk (one row per distinct V_d cell: ~40% fewer rows at
+    R-50 sizes). Returns (rows, weights) of the distinct rows, chunk by chunk; [(u0, u1)] per chunk; and for
+    every pair (device) the index of its row counted from its chunk's u0."""
+    n = cells.shape[0]
+    sizes = torch.tensor([p1 - p0 for _, _, p0, p1 in chunks])
+    chunk_of_pair = torch.repeat_interleave(torch.arange(len(chunks)), sizes)
+    span = int(cells.max()) + 1
+    keys, inverse = torch.unique(chunk_of_pair * span + cells.long(), return_inverse=True)  # sorted: by chunk
+    first = torch.full((keys.shape[0],), n, dtype=torch.long).scatter_reduce_(0, inverse, torch.arange(n), "amin")
+    starts = torch.searchsorted(keys, torch.arange(len(chunks) + 1) * span).tolist()
+    local = inverse - torch.tensor(starts[:-1])[chunk_of_pair]
+    pick = host_to_device(first, t_rows.device)
+    return t_rows[pick], t_weights[pick], list(zip(starts[:-1], starts[1:])), host_to_device(local, t_rows.device)
+
+
 def _dense_taps(rows: torch.Tensor, weights: torch.Tensor, width: int) -> torch.Tensor:
     """(cells, taps) local rows in [0, width) and weights -> dense (cells, width) tap matrix."""
     return weights.new_zeros(rows.shape[0], width).scatter_add_(1, rows, weights)
@@ -263,24 +282,31 @@ class _FusedDistillation(torch.autograd.Function):
             t_shift = _logit_bound(t_table, t_weights) > _EXP_SAFE_BOUND
         s_shift = _logit_bound(s_table, student.weights) > _EXP_SAFE_BOUND
         chunks = _chunks(counts, max(pairs_per_chunk, 1), student.image if dense else None)
+        # Teacher rows per chunk: [u0, u1) of (t_rows, t_weights), and for every pair its row within the chunk.
+        if not dense and teacher.cells is not None:
+            t_rows, t_weights, t_bounds, t_local = _distinct_teacher_rows(t_rows, t_weights, teacher.cells, chunks)
+        else:
+            t_bounds = [(p0, p1) for _, _, p0, p1 in chunks]
+            t_local = None
         width = student_table.shape[1]
-        t_buf = student_table.new_empty(max(p1 - p0 for _, _, p0, p1 in chunks), width)
+        t_buf = student_table.new_empty(max(u1 - u0 for u0, u1 in t_bounds), width)
         s_buf = student_table.new_empty(max(c1 - c0 for c0, c1, _, _ in chunks), width)
         target_buf = torch.empty_like(s_buf)
         grad = torch.zeros_like(student_table) if ctx.needs_input_grad[0] else None
         total = student_table.new_zeros(())
-        for c0, c1, p0, p1 in chunks:
-            cells, pairs, k = c1 - c0, p1 - p0, k_all[c0:c1]
+        for (c0, c1, p0, p1), (u0, u1) in zip(chunks, t_bounds):
+            cells, rows, k = c1 - c0, u1 - u0, k_all[c0:c1]
             if dense:
                 r0 = int(student.image[c0]) * hw
-                t_taps = _dense_taps(teacher.rows[p0:p1] - r0, teacher.weights[p0:p1].float(), hw)
-                x = torch.addmm(bias, t_taps, t_table[r0:r0 + hw], out=t_buf[:pairs])
+                t_taps = _dense_taps(teacher.rows[u0:u1] - r0, teacher.weights[u0:u1].float(), hw)
+                x = torch.addmm(bias, t_taps, t_table[r0:r0 + hw], out=t_buf[:rows])
             else:
-                x = torch.addmm(t_buf[:pairs], _gather_matrix(t_rows[p0:p1], t_weights[p0:p1], t_table.shape[0]),
-                                t_table, beta=0, out=t_buf[:pairs])
+                x = torch.addmm(t_buf[:rows], _gather_matrix(t_rows[u0:u1], t_weights[u0:u1], t_table.shape[0]),
+                                t_table, beta=0, out=t_buf[:rows])
             _, x_sum = _exp_rows_(x, t_shift)
-            norm = torch.sparse_csr_tensor(torch.cat([k.new_zeros(1), k.cumsum(0)]),
-                                           torch.arange(pairs, device=dev), 1.0 / x_sum, (cells, pairs))
+            cols = torch.arange(p1 - p0, device=dev) if t_local is None else t_local[p0:p1]  # pair -> teacher row
+            norm = torch.sparse_csr_tensor(torch.cat([k.new_zeros(1), k.cumsum(0)]), cols, x_sum.reciprocal()[cols],
+                                           (cells, rows))
             target = torch.addmm(target_buf[:cells], norm, x, beta=0, out=target_buf[:cells])  # sum of p_t
             if dense:
                 s_taps = _dense_taps(student.rows[c0:c1] - r0, student.weights[c0:c1].float(), hw)

@@ -287,7 +287,7 @@ class PLRC(nn.Module):
             with torch.no_grad():
                 w_k = self.momentum_encoder.distill_head.last_layer.normalized_weight().float()
                 teacher = CellTables(cell_table(u_d.float(), u_k.float(), w_k, p.map_size, p.affinity_divisor),
-                                     *cell_taps(host_to_device(idx_d, self.device), p.map_size, hw))
+                                     *cell_taps(host_to_device(idx_d, self.device), p.map_size, hw), cells=idx_d)
             chunk = p.distill_chunk_pairs
             if chunk < 0:
                 chunk = DISTILL_CHUNK_PAIRS_CPU if self.device.type == "cpu" else DISTILL_CHUNK_PAIRS_GPU
