@@ -275,12 +275,15 @@ class _FusedDistillation(torch.autograd.Function):
                                1)
             t_weights = torch.cat([teacher.weights, teacher.weights.new_ones(teacher.weights.shape[0], 1)], 1)
         # Row-max shifts (two passes over every block) only where the logits could overflow exp(): the rows are
-        # convex combinations of table rows, and at the reference settings |logit| <= 2 / t_t = 50.
-        if dense:
-            t_shift = _logit_bound(t_table, teacher.weights) + float(bias.abs().amax()) > _EXP_SAFE_BOUND
-        else:
-            t_shift = _logit_bound(t_table, t_weights) > _EXP_SAFE_BOUND
-        s_shift = _logit_bound(s_table, student.weights) > _EXP_SAFE_BOUND
+        # convex combinations of table rows, and at the reference settings |logit| <= 2 / t_t = 50. On a GPU the
+        # bound would cost host synchronisations (idle GPU) while the two passes are cheap: always shift there.
+        t_shift = s_shift = True
+        if dev.type == "cpu":
+            if dense:
+                t_shift = _logit_bound(t_table, teacher.weights) + float(bias.abs().amax()) > _EXP_SAFE_BOUND
+            else:
+                t_shift = _logit_bound(t_table, t_weights) > _EXP_SAFE_BOUND
+            s_shift = _logit_bound(s_table, student.weights) > _EXP_SAFE_BOUND
         chunks = _chunks(counts, max(pairs_per_chunk, 1), student.image if dense else None)
         # Teacher rows per chunk: [u0, u1) of (t_rows, t_weights), and for every pair its row within the chunk.
         if not dense and teacher.cells is not None:
