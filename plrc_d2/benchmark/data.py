@@ -43,15 +43,25 @@ def _mapper(args, source: str, shared_regions: int):
     return PLRCDatasetMapper(cfg)
 
 
-def _measure(mapper, dicts, samples: int, warmup: int = 5):
-    """(samples per wall second, samples per CPU second of this process). On a shared machine the CPU-time
-    rate is the per-core figure; the wall rate also counts time the process waited for a core."""
+def _measure(mapper, dicts, samples: int, warmup: int = 5, block: int = 20):
+    """(samples per wall second, samples per CPU second of this process, median and slowest / fastest
+    samples per CPU second over blocks of `block` samples). On a shared machine the CPU-time rate is the per-core
+    figure; the wall rate also counts time the process waited for a core; the block rates show how much the
+    machine's speed moved during the run (the median is the typical per-core rate)."""
     for i in range(warmup):
         mapper(dicts[i % len(dicts)], rng=np.random.default_rng([0, i]))
     wall, cpu = time.perf_counter(), time.process_time()
+    block_rates, block_start, in_block = [], cpu, 0
     for i in range(samples):
         assert mapper(dicts[i % len(dicts)], rng=np.random.default_rng([1, i])) is not None
-    return samples / (time.perf_counter() - wall), samples / (time.process_time() - cpu)
+        in_block += 1
+        if in_block == block:
+            now = time.process_time()
+            block_rates.append(block / max(now - block_start, 1e-9))
+            block_start, in_block = now, 0
+    rates = block_rates or [samples / max(time.process_time() - cpu, 1e-9)]
+    return (samples / (time.perf_counter() - wall), samples / (time.process_time() - cpu),
+            float(np.median(rates)), min(rates), max(rates))
 
 
 def _measure_loader(mapper, dicts, workers: int, samples: int, batch_size: int = 32) -> float:
@@ -90,7 +100,7 @@ def main(argv=None):
         print(f"{args.images} images 500x375 JPEG, S={args.crop_size}, P={args.points}, 3 views, one process, "
               f"cv2/torch threads = 1")
         print(f"{'region source':<14} {'R':>3} {'samples/s (wall)':>17} {'samples/CPU-s':>14} "
-              f"{'CPU ms/sample':>14}")
+              f"{'CPU ms/sample':>14}  samples/CPU-s per 20-sample block: median (min-max)")
         for source in args.sources:
             for r in args.shared_regions:
                 mapper = _mapper(args, source, r)
@@ -102,9 +112,9 @@ def main(argv=None):
                     cProfile.runctx("_measure(mapper, dicts, args.samples)", globals(), locals(), profile)
                     pstats.Stats(profile).sort_stats("cumulative").print_stats(25)
                     return
-                wall_rate, cpu_rate = _measure(mapper, dicts, args.samples)
-                print(f"{source:<14} {r:>3} {wall_rate:>17.1f} {cpu_rate:>14.1f} {1000.0 / cpu_rate:>14.2f}",
-                      flush=True)
+                wall_rate, cpu_rate, median, low, high = _measure(mapper, dicts, args.samples)
+                print(f"{source:<14} {r:>3} {wall_rate:>17.1f} {cpu_rate:>14.1f} {1000.0 / cpu_rate:>14.2f}  "
+                      f"{median:.1f} ({low:.1f}-{high:.1f})", flush=True)
                 if args.workers:
                     rate = _measure_loader(mapper, dicts, args.workers, args.samples)
                     print(f"{'':<14} {'':>3} loader, {args.workers} workers: {rate:.1f} samples/s "

@@ -227,6 +227,11 @@ def _distinct_teacher_rows(t_rows, t_weights, cells: torch.Tensor, chunks):
     return t_rows[pick], t_weights[pick], list(zip(starts[:-1], starts[1:])), host_to_device(local, t_rows.device)
 
 
+# Below this many matched pairs per image (e.g. 96-px demo crops: ~200), per-image chunks would be many tiny
+# kernels on a GPU; the sparse form then handles the whole batch in a few chunks.
+_DENSE_MIN_PAIRS_PER_IMAGE = 1024
+
+
 def _dense_taps(rows: torch.Tensor, weights: torch.Tensor, width: int) -> torch.Tensor:
     """(cells, taps) local rows in [0, width) and weights -> dense (cells, width) tap matrix."""
     return weights.new_zeros(rows.shape[0], width).scatter_add_(1, rows, weights)
@@ -345,13 +350,15 @@ def matched_distillation_loss(student: CellTables, teacher: CellTables, center, 
     processed about `chunk_size` at a time (0: all at once), so peak memory holds one chunk's (chunk, L)
     rows. Gradients reach student.table only (the teacher and centre are constants).
     dense: gathers and scatters as per-image dense products (needs student.image and .rows_per_image; chunks
-    then also end at every image); None = dense on GPUs when the student side has them, sparse on CPUs.
+    then also end at every image); None = dense on GPUs when the student side has them and the images average
+    >= _DENSE_MIN_PAIRS_PER_IMAGE pairs (R-50 at 224 px: ~4400), else sparse (CPUs; small crops).
     """
     if student.rows.shape[0] == 0:
         return student.table.sum() * 0
     has_images = student.image is not None and student.rows_per_image > 0
-    if dense is None:
-        dense = has_images and student.table.device.type != "cpu"
+    if dense is None:  # dense pays off where an image's block is large; small ones would be launch-bound
+        dense = has_images and student.table.device.type != "cpu" and \
+            teacher.rows.shape[0] >= _DENSE_MIN_PAIRS_PER_IMAGE * int(student.image.unique().numel())
     elif dense and not has_images:
         raise ValueError("dense distillation needs CellTables.image and .rows_per_image on the student side")
     chunk = teacher.rows.shape[0] if chunk_size <= 0 else chunk_size
