@@ -106,3 +106,18 @@ def test_annotation_region_map_background_and_order():
     m = annotation_region_map(anns, 6, 10)
     assert m.shape == (6, 10)
     assert m[5, 9] == 0 and m[0, 7] == 1 and m[2, 3] == 2  # background, big, small on top
+
+
+def test_points_uniform_without_replacement():
+    # 40-cell region, 32 points: every cell is drawn with probability 32/40, never twice, never outside
+    view_map = np.zeros((8, 8), dtype=np.int32)
+    view_map.flat[:40] = 1
+    rng = np.random.default_rng(1)
+    hits = np.zeros(64)
+    for _ in range(2000):
+        pts = points_in_regions(view_map, np.array([1]), 32, rng)[0]
+        idx = (pts[:, 1] * 8).astype(int) * 8 + (pts[:, 0] * 8).astype(int)
+        assert len(set(idx.tolist())) == 32
+        hits[idx] += 1
+    assert hits[40:].sum() == 0
+    assert np.abs(hits[:40] / 2000 - 0.8).max() < 0.04  # binomial std of a frequency: 0.009

@@ -17,8 +17,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 from torch.nn import functional as F
-
 from torch.profiler import record_function
+
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.utils import comm
