@@ -228,7 +228,8 @@ def _run_timing(args) -> dict:
             times[phase].append(time.perf_counter() - start)
     if args.profile:
         _profile(steps["full"], sync, args.device.startswith("cuda"), args.profile)
-    return {phase: {"s_per_iter": statistics.median(t), "iter_times": t, "images_per_s": args.batch / statistics.median(t)}
+    medians = {phase: statistics.median(t) for phase, t in times.items()}
+    return {phase: {"s_per_iter": medians[phase], "iter_times": t, "images_per_s": args.batch / medians[phase]}
             for phase, t in times.items()}
 
 
