@@ -51,20 +51,24 @@ def test_view_region_map_and_flip_by_hand():
         np.testing.assert_array_equal(view_region_map(big, np.array(box), 7), slow)
 
 
-def test_points_lie_in_their_region_asymmetric_map():
+@pytest.mark.parametrize("extra_rows", [0, 6])  # 4 rows: the per-row loop; 10 rows: the sorted, all-rows path
+def test_points_lie_in_their_region_asymmetric_map(extra_rows):
     # an L-shaped region 1 in an 8 x 8 map: an x/y swap would put points outside it
     view_map = np.zeros((8, 8), dtype=np.int32)
     view_map[:, :2] = 1
     view_map[6:, :] = 1
     view_map[:3, 5:] = 2
     rng = np.random.default_rng(0)
-    pts = points_in_regions(view_map, np.array([1, 2, -1, 7]), 20, rng)
-    assert pts.shape == (4, 20, 2) and pts.dtype == np.float32
-    for row, region in enumerate([1, 2]):
+    ids = [1, 2, -1, 7] + [2, 1, 0, -1, 9, 1][:extra_rows]
+    pts = points_in_regions(view_map, np.array(ids), 20, rng)
+    assert pts.shape == (len(ids), 20, 2) and pts.dtype == np.float32
+    for row, region in enumerate(ids):
+        if region in (-1, 7, 9):
+            assert (pts[row] == DUMMY_POINT).all()  # invalid row or a region not in this view
+            continue
         cols, rows = (pts[row, :, 0] * 8).astype(int), (pts[row, :, 1] * 8).astype(int)
         assert (view_map[rows, cols] == region).all()
         assert np.allclose((pts[row] * 8) % 1, 0.5)  # cell centres
-    assert (pts[2:] == DUMMY_POINT).all()  # invalid row and a region not in this view
 
 
 def test_points_without_replacement_when_enough_cells():
@@ -108,16 +112,17 @@ def test_annotation_region_map_background_and_order():
     assert m[5, 9] == 0 and m[0, 7] == 1 and m[2, 3] == 2  # background, big, small on top
 
 
-def test_points_uniform_without_replacement():
+@pytest.mark.parametrize("rows", [1, 6])  # the per-row loop and the all-rows path
+def test_points_uniform_without_replacement(rows):
     # 40-cell region, 32 points: every cell is drawn with probability 32/40, never twice, never outside
     view_map = np.zeros((8, 8), dtype=np.int32)
     view_map.flat[:40] = 1
     rng = np.random.default_rng(1)
     hits = np.zeros(64)
-    for _ in range(2000):
-        pts = points_in_regions(view_map, np.array([1]), 32, rng)[0]
-        idx = (pts[:, 1] * 8).astype(int) * 8 + (pts[:, 0] * 8).astype(int)
-        assert len(set(idx.tolist())) == 32
-        hits[idx] += 1
+    for _ in range(2000 // rows):
+        for pts in points_in_regions(view_map, np.full(rows, 1), 32, rng):
+            idx = (pts[:, 1] * 8).astype(int) * 8 + (pts[:, 0] * 8).astype(int)
+            assert len(set(idx.tolist())) == 32
+            hits[idx] += 1
     assert hits[40:].sum() == 0
-    assert np.abs(hits[:40] / 2000 - 0.8).max() < 0.04  # binomial std of a frequency: 0.009
+    assert np.abs(hits[:40] / (2000 // rows * rows) - 0.8).max() < 0.04  # binomial std of a frequency: 0.009

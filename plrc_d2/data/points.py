@@ -76,10 +76,12 @@ def points_in_regions(view_map: np.ndarray, region_ids: np.ndarray, num_points: 
     size = view_map.shape[0]
     flat = view_map.reshape(-1)
     region_ids = np.asarray(region_ids, dtype=np.int64)
-    # Cells grouped by region with one stable sort (numpy radix-sorts 16-bit keys), then all rows at once:
-    # rows with >= P cells take the P smallest of per-cell random keys (a uniform sample without replacement),
-    # the others P uniform draws. A per-row flatnonzero + permutation loop costs ~1.5x more at 16 regions.
-    small_ids = flat.size and flat.max() < np.iinfo(np.int16).max
+    if len(region_ids) <= _FEW_ROWS:
+        return _points_per_row(flat, size, region_ids, num_points, rng)
+    # Many rows: cells grouped by region with one stable sort (numpy radix-sorts 16-bit keys), then all rows at
+    # once: rows with >= P cells take the P smallest of per-cell random keys (a uniform sample without
+    # replacement), the others P uniform draws. ~1.4x faster than the per-row loop at 16 regions.
+    small_ids = flat.max() < np.iinfo(np.int16).max
     order = np.argsort(flat.astype(np.int16) if small_ids else flat, kind="stable")
     sorted_ids = flat[order]
     start = np.searchsorted(sorted_ids, region_ids, side="left")
@@ -95,6 +97,26 @@ def points_in_regions(view_map: np.ndarray, region_ids: np.ndarray, num_points: 
     chosen = order[np.minimum(start[:, None] + offsets, flat.size - 1)]
     points = np.stack([(chosen % size + 0.5) / size, (chosen // size + 0.5) / size], axis=-1).astype(np.float32)
     points[count == 0] = DUMMY_POINT
+    return points
+
+
+_FEW_ROWS = 4  # up to this many rows (the reference uses 1) a loop over rows is faster than the sort
+
+
+def _points_per_row(flat: np.ndarray, size: int, region_ids: np.ndarray, num_points: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """`points_in_regions` one row at a time."""
+    points = np.full((len(region_ids), num_points, 2), DUMMY_POINT, dtype=np.float32)
+    for row, region in enumerate(region_ids):
+        cells = np.flatnonzero(flat == region) if region >= 0 else flat[:0]
+        if cells.size == 0:
+            continue
+        if cells.size >= num_points:
+            chosen = cells[rng.permutation(cells.size)[:num_points]]
+        else:
+            chosen = cells[rng.integers(0, cells.size, num_points)]
+        points[row, :, 0] = (chosen % size + 0.5) / size
+        points[row, :, 1] = (chosen // size + 0.5) / size
     return points
 
 
