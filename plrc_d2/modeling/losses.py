@@ -27,7 +27,6 @@ __all__ = [
     "CellTables",
     "cell_table",
     "upsample_matrix",
-    "gather_cell_logits",
     "matched_distillation_loss",
     "matched_teacher_sum",
 ]
@@ -150,11 +149,6 @@ class CellTables:
     cells: Optional[torch.Tensor] = None
 
 
-def gather_cell_logits(t: CellTables) -> torch.Tensor:
-    """-> (n, M*M + logits): the rows of the naive upsample-then-dot computation at the cells."""
-    return F.embedding_bag(t.rows, t.table, per_sample_weights=t.weights.to(t.table.dtype), mode="sum")
-
-
 def _chunks(counts: torch.Tensor, pairs_per_chunk: int,
             image: Optional[torch.Tensor] = None) -> List[Tuple[int, int, int, int]]:
     """Host counts (cells,) -> [(cell0, cell1, pair0, pair1)]: a new chunk starts where the pair offset crosses a
@@ -172,8 +166,8 @@ def _chunks(counts: torch.Tensor, pairs_per_chunk: int,
 
 def _gather_matrix(rows: torch.Tensor, weights: torch.Tensor, num_cols: int) -> torch.Tensor:
     """Sparse CSR (len(rows), num_cols) matrix with row i = sum_j weights[i, j] e_{rows[i, j]} (rows, weights:
-    (cells, taps)): its product with a table is `gather_cell_logits`, written into a reusable buffer by
-    `torch.addmm(out=)` (a fresh chunk-sized output costs page faults on every chunk on a CPU)."""
+    (cells, taps)): its product with a table gives the cells' rows (tap-weighted sums of table rows), written into
+    a reusable buffer by `torch.addmm(out=)` (a fresh chunk-sized output costs page faults on every chunk on a CPU)."""
     c, taps = rows.shape
     crow = torch.arange(0, c * taps + 1, taps, device=rows.device)
     return torch.sparse_csr_tensor(crow, rows.reshape(-1), weights.reshape(-1).to(torch.float32), (c, num_cols))
