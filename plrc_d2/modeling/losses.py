@@ -12,6 +12,7 @@ student rows once per distinct V_q cell (not per pair), and the gradient is form
 (cross-entropy against a fixed target has the closed-form gradient softmax(s/t_s) - p_t), so backward
 costs one scaled copy of the table.
 """
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -120,8 +121,9 @@ def cell_table(u_view: torch.Tensor, u_anchor: torch.Tensor, weight: torch.Tenso
     n, _, h, w = u_view.shape
     up = upsample_matrix((h, w), map_size, u_view.device)
     cells = u_view.flatten(2).transpose(1, 2)  # (N, hw, d_u)
-    anchors_up = u_anchor.flatten(2) @ up.t()  # (N, d_u, M*M): only N x d_u x M^2
-    aff = torch.bmm(cells, anchors_up) / affinity_divisor  # (N, hw, M*M)
+    # (cells . anchors) @ up^T rather than cells . (anchors @ up^T): the same product, ~10x fewer FLOPs (h*w x h*w
+    # affinities first, upsampled after, instead of d_u-long dot products with every upsampled anchor).
+    aff = (torch.bmm(cells, u_anchor.flatten(2)) / affinity_divisor) @ up.t()  # (N, hw, M*M)
     return torch.cat([aff, cells @ weight.t()], dim=2).reshape(n * h * w, -1)
 
 
@@ -182,9 +184,12 @@ def _scatter_matrix(rows: torch.Tensor, weights: torch.Tensor, num_rows: int) ->
                                    check_invariants=False).coalesce()
 
 
-# exp() without the row-max shift stays finite and normal in float32 while |logit| <= this bound (exp(60) * 10^5
-# logits < 1e32; exp(-60) > 1e-27).
-_EXP_SAFE_BOUND = 60.0
+# The fused pass works in base 2: the tables are pre-scaled by log2(e) (free: they are small), so every block
+# element costs one exp2, which is ~1.7x cheaper than exp on a CPU (measured, AVX2) and gives the same softmax.
+_LOG2E = 1.0 / math.log(2.0)
+# exp2() without the row-max shift stays finite and normal in float32 while |logit| <= this bound (2^86 * 10^5
+# logits < 1e32; 2^-86 > 1e-26).
+_EXP2_SAFE_BOUND = 86.0
 
 
 def _logit_bound(table: torch.Tensor, weights: torch.Tensor) -> float:
@@ -194,14 +199,14 @@ def _logit_bound(table: torch.Tensor, weights: torch.Tensor) -> float:
     return float(table.abs().amax()) * float(weights.abs().sum(dim=1).amax())
 
 
-def _exp_rows_(x: torch.Tensor, shift: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """In place x <- exp(x - m) with m = rowmax (shift) or 0; returns (m (rows,), rowsum of the new x (rows,))."""
+def _exp2_rows_(x: torch.Tensor, shift: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """In place x <- 2^(x - m) with m = rowmax (shift) or 0; returns (m (rows,), rowsum of the new x (rows,))."""
     if shift:
         x_max = x.amax(dim=1, keepdim=True)
         x.sub_(x_max)
     else:
         x_max = x.new_zeros(x.shape[0], 1)
-    x.exp_()
+    x.exp2_()
     return x_max[:, 0], x.sum(dim=1)
 
 
@@ -262,27 +267,28 @@ class _FusedDistillation(torch.autograd.Function):
         dev = student_table.device
         k_all = host_to_device(counts, dev)
         hw = student.rows_per_image
-        # Temperatures folded into the (small) tables. Sparse form: the teacher table gets a last row -c / t_t
-        # that every pair taps with weight 1, so one gather yields (t - c) / t_t; dense form: the same row is the
-        # GEMM's bias.
-        bias = -center.reshape(1, -1) / t_temp
-        t_table = teacher_table / t_temp
-        s_table = student_table / s_temp
+        # Temperatures and log2(e) folded into the (small) tables: blocks hold logits in base 2. Sparse form: the
+        # teacher table gets a last row -c log2(e) / t_t that every pair taps with weight 1, so one gather yields
+        # (t - c) log2(e) / t_t; dense form: the same row is the GEMM's bias.
+        bias = center.reshape(1, -1) * (-_LOG2E / t_temp)
+        t_table = teacher_table * (_LOG2E / t_temp)
+        s_table = student_table * (_LOG2E / s_temp)
         if not dense:
             t_table = torch.cat([t_table, bias])
             t_rows = torch.cat([teacher.rows, teacher.rows.new_full((teacher.rows.shape[0], 1), t_table.shape[0] - 1)],
                                1)
             t_weights = torch.cat([teacher.weights, teacher.weights.new_ones(teacher.weights.shape[0], 1)], 1)
-        # Row-max shifts (two passes over every block) only where the logits could overflow exp(): the rows are
-        # convex combinations of table rows, and at the reference settings |logit| <= 2 / t_t = 50. On a GPU the
-        # bound would cost host synchronisations (idle GPU) while the two passes are cheap: always shift there.
+        # Row-max shifts (two passes over every block) only where the logits could overflow exp2(): the rows are
+        # convex combinations of table rows, and at the reference settings |logit| <= 2 / t_t = 50 (72 in base 2).
+        # On a GPU the bound would cost host synchronisations (idle GPU) while the two passes are cheap: always
+        # shift there.
         t_shift = s_shift = True
         if dev.type == "cpu":
             if dense:
-                t_shift = _logit_bound(t_table, teacher.weights) + float(bias.abs().amax()) > _EXP_SAFE_BOUND
+                t_shift = _logit_bound(t_table, teacher.weights) + float(bias.abs().amax()) > _EXP2_SAFE_BOUND
             else:
-                t_shift = _logit_bound(t_table, t_weights) > _EXP_SAFE_BOUND
-            s_shift = _logit_bound(s_table, student.weights) > _EXP_SAFE_BOUND
+                t_shift = _logit_bound(t_table, t_weights) > _EXP2_SAFE_BOUND
+            s_shift = _logit_bound(s_table, student.weights) > _EXP2_SAFE_BOUND
         chunks = _chunks(counts, max(pairs_per_chunk, 1), student.image if dense else None)
         # Teacher rows per chunk: [u0, u1) of (t_rows, t_weights), and for every pair its row within the chunk.
         if not dense and teacher.cells is not None:
@@ -305,7 +311,7 @@ class _FusedDistillation(torch.autograd.Function):
             else:
                 x = torch.addmm(t_buf[:rows], _gather_matrix(t_rows[u0:u1], t_weights[u0:u1], t_table.shape[0]),
                                 t_table, beta=0, out=t_buf[:rows])
-            _, x_sum = _exp_rows_(x, t_shift)
+            _, x_sum = _exp2_rows_(x, t_shift)
             cols = torch.arange(p1 - p0, device=dev) if t_local is None else t_local[p0:p1]  # pair -> teacher row
             norm = torch.sparse_csr_tensor(torch.cat([k.new_zeros(1), k.cumsum(0)]), cols, x_sum.reciprocal()[cols],
                                            (cells, rows))
@@ -317,8 +323,8 @@ class _FusedDistillation(torch.autograd.Function):
                 z = torch.addmm(s_buf[:cells], _gather_matrix(student.rows[c0:c1], student.weights[c0:c1],
                                                              s_table.shape[0]), s_table, beta=0, out=s_buf[:cells])
             cross = target.reshape(-1) @ z.reshape(-1)
-            z_max, z_sum = _exp_rows_(z, s_shift)
-            total = total + (k * (z_max + z_sum.log())).sum() - cross
+            z_max, z_sum = _exp2_rows_(z, s_shift)
+            total = total + (k * (z_max + z_sum.log2())).sum() - cross  # base 2: times ln 2 below
             if grad is not None:  # d/dz of the chunk's sum: k softmax(z) - target (in place)
                 g = z.mul_((k / z_sum)[:, None]).sub_(target)
                 if dense:
@@ -327,7 +333,7 @@ class _FusedDistillation(torch.autograd.Function):
                     grad.addmm_(_scatter_matrix(student.rows[c0:c1], student.weights[c0:c1], grad.shape[0]), g)
         if grad is not None:
             ctx.save_for_backward(grad.div_(s_temp * max(n, 1)))
-        return total / max(n, 1)
+        return total * (math.log(2.0) / max(n, 1))
 
     @staticmethod
     def backward(ctx, grad_output):
