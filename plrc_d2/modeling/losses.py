@@ -239,10 +239,10 @@ def _dense_taps(rows: torch.Tensor, weights: torch.Tensor, width: int) -> torch.
 class _FusedDistillation(torch.autograd.Function):
     """Loss and its gradient w.r.t. the student table in one chunked pass (see module docstring).
 
-    Per chunk of student cells and their pairs: teacher rows -> exp in place -> per-cell target (sum of the
-    pairs' distributions); student rows -> cross term with the target, log-sum-exp, then in place
-    k softmax - target, scattered into the (small) gradient table. The (rows, L) blocks live in three buffers
-    allocated once per call and reused by every chunk.
+    Per chunk of student cells and their pairs: teacher rows -> exp2 in place -> per-cell target (sum of the
+    pairs' distributions, stored negated); student rows -> cross term with the target, log-sum-exp, then
+    k softmax - target in the target's buffer, scattered into the (small) gradient table. The (rows, L) blocks
+    live in three buffers allocated once per call and reused by every chunk.
 
     Gathers and scatters are products with the tap matrices, in one of two forms:
       * sparse (CPU): 4 taps per row as CSR / COO matrices over the whole table. Fewest operations; on a CPU the
@@ -313,20 +313,21 @@ class _FusedDistillation(torch.autograd.Function):
                                 t_table, beta=0, out=t_buf[:rows])
             _, x_sum = _exp2_rows_(x, t_shift)
             cols = torch.arange(p1 - p0, device=dev) if t_local is None else t_local[p0:p1]  # pair -> teacher row
-            norm = torch.sparse_csr_tensor(torch.cat([k.new_zeros(1), k.cumsum(0)]), cols, x_sum.reciprocal()[cols],
+            norm = torch.sparse_csr_tensor(torch.cat([k.new_zeros(1), k.cumsum(0)]), cols, -x_sum.reciprocal()[cols],
                                            (cells, rows))
-            target = torch.addmm(target_buf[:cells], norm, x, beta=0, out=target_buf[:cells])  # sum of p_t
+            # minus the per-cell target (sum of the pairs' p_t): negated, so the gradient below is one pass
+            neg_target = torch.addmm(target_buf[:cells], norm, x, beta=0, out=target_buf[:cells])
             if dense:
                 s_taps = _dense_taps(student.rows[c0:c1] - r0, student.weights[c0:c1].float(), hw)
                 z = torch.mm(s_taps, s_table[r0:r0 + hw], out=s_buf[:cells])
             else:
                 z = torch.addmm(s_buf[:cells], _gather_matrix(student.rows[c0:c1], student.weights[c0:c1],
                                                              s_table.shape[0]), s_table, beta=0, out=s_buf[:cells])
-            cross = target.reshape(-1) @ z.reshape(-1)
+            neg_cross = neg_target.reshape(-1) @ z.reshape(-1)
             z_max, z_sum = _exp2_rows_(z, s_shift)
-            total = total + (k * (z_max + z_sum.log2())).sum() - cross  # base 2: times ln 2 below
-            if grad is not None:  # d/dz of the chunk's sum: k softmax(z) - target (in place)
-                g = z.mul_((k / z_sum)[:, None]).sub_(target)
+            total = total + (k * (z_max + z_sum.log2())).sum() + neg_cross  # base 2: times ln 2 below
+            if grad is not None:  # d/dz of the chunk's sum: k softmax(z) - target, in the target's buffer
+                g = neg_target.addcmul_(z, (k / z_sum)[:, None])
                 if dense:
                     grad[r0:r0 + hw].addmm_(s_taps.t(), g)
                 else:
