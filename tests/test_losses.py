@@ -208,6 +208,13 @@ def test_dense_distillation_needs_images():
         matched_distillation_loss(t, t, torch.zeros(1, 3), 0.1, 0.07, 0, dense=True)
 
 
+def test_distillation_rejects_taps_not_summing_to_one():
+    # the centre is folded into the teacher table, which is exact only for taps that sum to 1 (bilinear)
+    t = CellTables(torch.zeros(4, 3), torch.zeros(1, 4, dtype=torch.long), torch.full((1, 4), 0.3))
+    with pytest.raises(ValueError, match="sum to 1"):
+        matched_distillation_loss(t, t, torch.zeros(1, 3), 0.1, 0.07, 0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("temps", [(0.1, 0.07), (1.0, 1.0), (0.004, 0.004)])  # exp with / without row-max shifts

@@ -132,7 +132,8 @@ class CellTables:
     """One side (student V_q or teacher V_d) of the distillation.
 
     table: (N*h*w, M*M + logits) float32 from `cell_table`.
-    rows, weights: (n, 4) bilinear taps (`matching.cell_taps`) of the M x M cells of this side.
+    rows, weights: (n, 4) bilinear taps (`matching.cell_taps`) of the M x M cells of this side; every row of
+        weights sums to 1 (the distillation folds the centre into the teacher table on that basis).
     counts: student only, optional host (CPU) int64 (n,): row i stands for counts[i] consecutive matched
         pairs (pairs sorted by student cell); None = one pair per row.
     image, rows_per_image: student only, optional: host int64 (n,) image of each row (non-decreasing) and the
@@ -267,27 +268,18 @@ class _FusedDistillation(torch.autograd.Function):
         dev = student_table.device
         k_all = host_to_device(counts, dev)
         hw = student.rows_per_image
-        # Temperatures and log2(e) folded into the (small) tables: blocks hold logits in base 2. Sparse form: the
-        # teacher table gets a last row -c log2(e) / t_t that every pair taps with weight 1, so one gather yields
-        # (t - c) log2(e) / t_t; dense form: the same row is the GEMM's bias.
-        bias = center.reshape(1, -1) * (-_LOG2E / t_temp)
-        t_table = teacher_table * (_LOG2E / t_temp)
+        # Temperatures, log2(e) and the centre folded into the (small) tables: blocks hold logits in base 2. The
+        # taps of a cell sum to 1, so the gathered teacher row of (t - c) log2(e) / t_t taps rows of that table.
+        t_table = (teacher_table - center.reshape(1, -1)) * (_LOG2E / t_temp)
         s_table = student_table * (_LOG2E / s_temp)
-        if not dense:
-            t_table = torch.cat([t_table, bias])
-            t_rows = torch.cat([teacher.rows, teacher.rows.new_full((teacher.rows.shape[0], 1), t_table.shape[0] - 1)],
-                               1)
-            t_weights = torch.cat([teacher.weights, teacher.weights.new_ones(teacher.weights.shape[0], 1)], 1)
+        t_rows, t_weights = teacher.rows, teacher.weights
         # Row-max shifts (two passes over every block) only where the logits could overflow exp2(): the rows are
         # convex combinations of table rows, and at the reference settings |logit| <= 2 / t_t = 50 (72 in base 2).
         # On a GPU the bound would cost host synchronisations (idle GPU) while the two passes are cheap: always
         # shift there.
         t_shift = s_shift = True
         if dev.type == "cpu":
-            if dense:
-                t_shift = _logit_bound(t_table, teacher.weights) + float(bias.abs().amax()) > _EXP2_SAFE_BOUND
-            else:
-                t_shift = _logit_bound(t_table, t_weights) > _EXP2_SAFE_BOUND
+            t_shift = _logit_bound(t_table, t_weights) > _EXP2_SAFE_BOUND
             s_shift = _logit_bound(s_table, student.weights) > _EXP2_SAFE_BOUND
         chunks = _chunks(counts, max(pairs_per_chunk, 1), student.image if dense else None)
         # Teacher rows per chunk: [u0, u1) of (t_rows, t_weights), and for every pair its row within the chunk.
@@ -307,7 +299,7 @@ class _FusedDistillation(torch.autograd.Function):
             if dense:
                 r0 = int(student.image[c0]) * hw
                 t_taps = _dense_taps(teacher.rows[u0:u1] - r0, teacher.weights[u0:u1].float(), hw)
-                x = torch.addmm(bias, t_taps, t_table[r0:r0 + hw], out=t_buf[:rows])
+                x = torch.mm(t_taps, t_table[r0:r0 + hw], out=t_buf[:rows])
             else:
                 x = torch.addmm(t_buf[:rows], _gather_matrix(t_rows[u0:u1], t_weights[u0:u1], t_table.shape[0]),
                                 t_table, beta=0, out=t_buf[:rows])
@@ -356,6 +348,9 @@ def matched_distillation_loss(student: CellTables, teacher: CellTables, center, 
     """
     if student.rows.shape[0] == 0:
         return student.table.sum() * 0
+    w = teacher.weights
+    if w.device.type == "cpu" and not torch.allclose(w.sum(1), w.new_ones(()).expand(w.shape[0]), atol=1e-5):
+        raise ValueError("teacher tap weights must sum to 1 per cell (bilinear taps, matching.cell_taps)")
     has_images = student.image is not None and student.rows_per_image > 0
     if dense is None:  # dense pays off where an image's block is large; small ones would be launch-bound
         dense = has_images and student.table.device.type != "cpu" and \
