@@ -7,7 +7,8 @@ from torch.nn import functional as F
 
 from plrc_d2.modeling.losses import (CellTables, affinity_distillation_loss, cell_table, image_infonce_loss,
                                      matched_distillation_loss, matched_teacher_sum, point_region_contrast_loss)
-from plrc_d2.modeling.matching import cell_centres_wrt_image, cell_taps, match_cells, point_labels, sample_points
+from plrc_d2.modeling.matching import (cell_centres_wrt_image, cell_taps, match_cells, point_labels, sample_points,
+                                      tile_order)
 
 E = torch.tensor
 
@@ -112,6 +113,17 @@ def test_match_cells_hand_cases():
     assert torch.equal(ib, (ia // 4) * 4 + 3 - ia % 4)
     ia, ib = match_cells(box, E([0.7, 0.7, 0.9, 0.9]), 4, 0.5)
     assert ia.numel() == 0
+
+
+def test_tile_order_hand_case():
+    # M = 4, 2 x 2 tiles: blocks row-major, cells row-major inside a block; image 1 after image 0
+    cells = torch.arange(32)
+    want = torch.tensor([0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15])
+    assert torch.equal(cells[tile_order(cells, 4, 2)], torch.cat([want, want + 16]))
+    # stable: repeated cells (pairs grouped by cell) stay grouped and in order; M not a multiple of the tile
+    cells = torch.tensor([2, 2, 3, 5, 5, 5, 10])
+    order = tile_order(cells, 3, 2)  # 3 x 3 grid: 2 -> block (0, 1); 3 -> (0, 0); 5 -> (0, 1); 10 -> image 1
+    assert order.tolist() == [2, 0, 1, 3, 4, 5, 6]
 
 
 def test_match_cells_equals_brute_force_batched():

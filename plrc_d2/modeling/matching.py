@@ -15,7 +15,8 @@ from typing import Optional, Tuple
 import torch
 from torch.nn import functional as F
 
-__all__ = ["match_cells", "cell_centres_wrt_image", "bilinear_taps", "cell_taps", "sample_points", "point_labels"]
+__all__ = ["match_cells", "tile_order", "cell_centres_wrt_image", "bilinear_taps", "cell_taps", "sample_points",
+           "point_labels"]
 
 
 def cell_centres_wrt_image(crop_box: torch.Tensor, map_size: int) -> torch.Tensor:
@@ -87,6 +88,21 @@ def match_cells(
     img, ra, ca, kr, kc = (d2 < t2[:, None, None, None, None]).nonzero(as_tuple=True)
     offset = 0 if single else img * m2
     return ra * map_size + ca + offset, rows_b[img, ra, kr] * map_size + cols_b[img, ca, kc] + offset
+
+
+def tile_order(cells: torch.Tensor, map_size: int, tile: int) -> torch.Tensor:
+    """Stable permutation of batch-flattened M x M cells (n,) that orders them by image, then by tile x tile
+    block of the grid (blocks row-major), then row-major inside the block.
+
+    Equal cells stay in their relative order, so pairs grouped by cell stay grouped. A run of consecutive
+    cells in this order covers a compact patch rather than a strip of whole rows, so it matches fewer
+    distinct cells of another view (at R-50 sizes, 256-pair runs: 39.7k distinct V_d cells instead of 42.4k).
+    """
+    m2, blocks = map_size * map_size, -(-map_size // tile)
+    img, cell = cells // m2, cells % m2
+    y, x = cell // map_size, cell % map_size
+    key = ((img * blocks + y // tile) * blocks + x // tile) * (tile * tile) + (y % tile) * tile + x % tile
+    return torch.argsort(key, stable=True)
 
 
 def _axis_band(d2: torch.Tensor, t2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

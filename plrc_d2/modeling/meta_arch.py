@@ -29,7 +29,7 @@ from .encoder import PLRCEncoder, ema_update_, make_momentum_copy, zero_init_res
 from .heads import DenseHead, DistillHead
 from .losses import (CellTables, cell_table, image_infonce_loss, matched_distillation_loss, matched_teacher_sum,
                      point_region_contrast_loss)
-from .matching import cell_taps, match_cells, point_labels, sample_points
+from .matching import cell_taps, match_cells, point_labels, sample_points, tile_order
 from .queue import FeatureQueue
 
 __all__ = ["PLRC", "PLRCParams", "PLRCBatch", "parse_batch", "StepReport"]
@@ -277,8 +277,11 @@ class PLRC(nn.Module):
         p = self.params
         idx_q, idx_d = match_cells(batch.crop_boxes[0], batch.crop_boxes[2], p.map_size, p.match_radius,
                                    batch.image_size)
-        cells_q, counts = torch.unique_consecutive(idx_q, return_counts=True)  # pairs are sorted by V_q cell
         hw = tuple(u_q.shape[-2:])
+        # chunks of consecutive V_q cells then cover compact patches (one feature cell's worth per tile)
+        order = tile_order(idx_q, p.map_size, max(p.map_size // hw[0], 1))
+        idx_q, idx_d = idx_q[order], idx_d[order]
+        cells_q, counts = torch.unique_consecutive(idx_q, return_counts=True)  # pairs stay grouped by V_q cell
         with torch.autocast(self.device.type, enabled=False):
             w_q = self.encoder.distill_head.last_layer.normalized_weight().float()
             student = CellTables(cell_table(u_q.float(), u_k.float(), w_q, p.map_size, p.affinity_divisor),
