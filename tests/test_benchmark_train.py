@@ -17,5 +17,6 @@ def test_train_benchmark_reports_phases(repo_root, monkeypatch, tmp_path):
         assert len(r["iter_times"]) == 2 and r["s_per_iter"] == statistics.median(r["iter_times"]) > 0
         assert r["images_per_s"] == 2 / r["s_per_iter"] and r["peak_mem_bytes"] >= 0
     assert res["time_ratio"] == res["full"]["s_per_iter"] / res["floor"]["s_per_iter"]
+    assert res["round_time_ratios"] == [a / b for a, b in zip(res["full"]["iter_times"], res["floor"]["iter_times"])]
     table = prof.read_text()
     assert table.startswith("2 full steps, sorted by self_cpu_time_total") and "aten::" in table

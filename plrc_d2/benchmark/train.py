@@ -12,7 +12,7 @@ heads      = the floor plus PLRC's heads (g and h on V_q with gradients, g+h on 
              EMA update and queue add.
 Timing: one child process builds the model once and runs the three phases in interleaved rounds (--iters
 rounds, the order rotating), so a drifting shared machine affects all three alike; s/iter is each phase's
-median. Peak memory: each phase alone in its own child process (same config, inputs, threads), so the peaks are
+median. The per-round ratios (full / floor of the same round, run back to back) show how far the drift reaches. Peak memory: each phase alone in its own child process (same config, inputs, threads), so the peaks are
 comparable: CUDA max_memory_allocated, or on CPU the peak resident set size, above the state after set-up
 (warm-up included). The optimizer step is excluded from all three.
 """
@@ -279,6 +279,7 @@ def main(argv=None):
     res["time_ratio"] = res["full"]["s_per_iter"] / res["floor"]["s_per_iter"]
     res["memory_ratio"] = res["full"]["peak_mem_bytes"] / max(res["floor"]["peak_mem_bytes"], 1)
     res["heads_time_ratio"] = res["heads"]["s_per_iter"] / res["floor"]["s_per_iter"]
+    res["round_time_ratios"] = [a / b for a, b in zip(res["full"]["iter_times"], res["floor"]["iter_times"])]
     _print(res)
     if args.json:
         with open(args.json, "w") as f:
@@ -299,8 +300,11 @@ def _print(res: dict) -> None:
         t = r["iter_times"]
         print(f"  {phase:5s}: {r['s_per_iter']:.3f} s/iter (median; {min(t):.3f}-{max(t):.3f} over {len(t)})  "
               f"{r['images_per_s']:.2f} images/s  peak {r['peak_mem_bytes'] / gib:.2f} GiB ({r['peak_mem_kind']})")
+    rounds = res["round_time_ratios"]
     print(f"  ratio full/floor: time {res['time_ratio']:.3f}  peak memory {res['memory_ratio']:.3f}"
           f"  (heads/floor: time {res['heads_time_ratio']:.3f})")
+    print(f"  per-round time ratio: median {statistics.median(rounds):.3f}, {min(rounds):.3f}-{max(rounds):.3f} over "
+          f"{len(rounds)} rounds")
 
 
 if __name__ == "__main__":
