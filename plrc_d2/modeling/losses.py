@@ -197,7 +197,8 @@ def _logit_bound(table: torch.Tensor, weights: torch.Tensor) -> float:
     """Upper bound of |row| over all gathered rows sum_j w_j table[r_j]: max|table| * max_i sum_j |w_ij|."""
     if table.numel() == 0 or weights.numel() == 0:
         return 0.0
-    return float(table.abs().amax()) * float(weights.abs().sum(dim=1).amax())
+    lo, hi = torch.aminmax(table)  # no table-sized |table| temporary
+    return max(-float(lo), float(hi)) * float(weights.abs().sum(dim=1).amax())
 
 
 def _exp2_rows_(x: torch.Tensor, shift: bool) -> Tuple[torch.Tensor, torch.Tensor]:
