@@ -12,7 +12,8 @@ heads      = the floor plus PLRC's heads (g and h on V_q with gradients, g+h on 
              EMA update and queue add.
 Timing: one child process builds the model once and runs the three phases in interleaved rounds (--iters
 rounds, the order rotating), so a drifting shared machine affects all three alike; s/iter is each phase's
-median. The per-round ratios (full / floor of the same round, run back to back) show how far the drift reaches. Peak memory: each phase alone in its own child process (same config, inputs, threads), so the peaks are
+median. The per-round ratios (full / floor of the same round, run back to back) show how far the drift reaches.
+Peak memory: each phase alone in its own child process (same config, inputs, threads), so the peaks are
 comparable: CUDA max_memory_allocated, or on CPU the peak resident set size, above the state after set-up
 (warm-up included). The optimizer step is excluded from all three.
 """
