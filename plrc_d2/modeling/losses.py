@@ -13,6 +13,7 @@ student rows once per distinct V_q cell (not per pair), and the gradient is form
 costs one scaled copy of the table.
 """
 import math
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -31,6 +32,10 @@ __all__ = [
     "matched_distillation_loss",
     "matched_teacher_sum",
 ]
+
+# The CSR tap matrices are built here by construction, valid (invariant checks are opted out of explicitly); torch's
+# one-time notice that sparse CSR is a beta feature would only clutter every training log.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 _MASKED = -1e9  # logit of excluded entries: exp() underflows to 0 but stays finite (no NaN gradients)
 
@@ -173,7 +178,8 @@ def _gather_matrix(rows: torch.Tensor, weights: torch.Tensor, num_cols: int) -> 
     a reusable buffer by `torch.addmm(out=)` (a fresh chunk-sized output costs page faults on every chunk on a CPU)."""
     c, taps = rows.shape
     crow = torch.arange(0, c * taps + 1, taps, device=rows.device)
-    return torch.sparse_csr_tensor(crow, rows.reshape(-1), weights.reshape(-1).to(torch.float32), (c, num_cols))
+    return torch.sparse_csr_tensor(crow, rows.reshape(-1), weights.reshape(-1).to(torch.float32), (c, num_cols),
+                                   check_invariants=False)
 
 
 def _scatter_matrix(rows: torch.Tensor, weights: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -307,7 +313,7 @@ class _FusedDistillation(torch.autograd.Function):
             _, x_sum = _exp2_rows_(x, t_shift)
             cols = torch.arange(p1 - p0, device=dev) if t_local is None else t_local[p0:p1]  # pair -> teacher row
             norm = torch.sparse_csr_tensor(torch.cat([k.new_zeros(1), k.cumsum(0)]), cols, -x_sum.reciprocal()[cols],
-                                           (cells, rows))
+                                           (cells, rows), check_invariants=False)
             # minus the per-cell target (sum of the pairs' p_t): negated, so the gradient below is one pass
             neg_target = torch.addmm(target_buf[:cells], norm, x, beta=0, out=target_buf[:cells])
             if dense:
