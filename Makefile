@@ -1,5 +1,6 @@
 # make demo : set up .venv if needed, then the whole PLRC pipeline on the embedded demo data.
-# make test : set up .venv if needed, then the test suite.
+# make test : set up .venv if needed, then the test suite (temporary folders of passing tests are removed:
+#             the suite writes ~3 GB of checkpoints and training outputs).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -24,7 +25,7 @@ env-info: setup
 
 test: setup
 	@$(PY) -m plrc_d2.env_info
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -o tmp_path_retention_policy=failed $(PYTEST_ARGS)
 
 demo: setup
 	@$(PY) -m plrc_d2.env_info

@@ -11,6 +11,8 @@ setup(
     version="0.1.0",
     description="Point-Level Region Contrast (CVPR 2022) pre-training for Detectron2",
     packages=find_packages(include=["plrc_d2", "plrc_d2.*"]),
+    # the CPU distillation kernel's C source, compiled on first use (plrc_d2/modeling/native.py)
+    package_data={"plrc_d2.modeling": ["csrc/*.c"]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.0",

@@ -6,6 +6,8 @@ K queue length, S crop size, M distillation map size.
 """
 from detectron2.config import CfgNode as CN
 
+from .modeling.losses import DISTILL_KERNELS
+
 __all__ = ["add_plrc_config", "validate_plrc_config"]
 
 REGION_SOURCES = ("grid", "felzenszwalb", "annotations")
@@ -49,6 +51,9 @@ def add_plrc_config(cfg):
     m.DISTILL_CHUNK_PAIRS = -1  # matched pairs per chunk of the distillation loss (speed / memory knob, not a
     #   method setting): -1 = by device (256 on CPU, where chunks that stay in cache are fastest; 16384 on GPU),
     #   0 = all pairs in one chunk
+    m.DISTILL_CPU_KERNEL = "auto"  # CPU implementation of the distillation loss (speed knob, same loss): "auto" =
+    #   the compiled kernel (plrc_d2/modeling/csrc, built on first use with the machine's C compiler), PyTorch ops
+    #   if it cannot be built; "compiled" = the compiled kernel or an error; "torch" = PyTorch ops
     # ---- total loss: L = IMAGE w * L_image + POINT w * L_point + DISTILL w * L_distill ----
     m.IMAGE_LOSS_WEIGHT = 0.7  # reference argument value 0.7 (the reference code, as run: 1.0)
     m.POINT_LOSS_WEIGHT = 0.3  # reference argument value 0.3 (as run: 0.21)
@@ -120,6 +125,8 @@ def validate_plrc_config(cfg, world_size: int = 1):
               "is a fraction of SOLVER.MAX_ITER in [0, 1]")
     if int(m.DISTILL_CHUNK_PAIRS) < -1:
         _fail("MODEL.PLRC.DISTILL_CHUNK_PAIRS", m.DISTILL_CHUNK_PAIRS, "must be >= -1 (-1 = by device, 0 = one chunk)")
+    if m.DISTILL_CPU_KERNEL not in DISTILL_KERNELS:
+        _fail("MODEL.PLRC.DISTILL_CPU_KERNEL", m.DISTILL_CPU_KERNEL, f"choose one of {DISTILL_KERNELS}")
     if not m.MATCH_RADIUS > 0:
         _fail("MODEL.PLRC.MATCH_RADIUS", m.MATCH_RADIUS, "must be > 0")
     weights = [m.IMAGE_LOSS_WEIGHT, m.POINT_LOSS_WEIGHT, m.DISTILL_LOSS_WEIGHT]

@@ -12,9 +12,12 @@ def describe() -> str:
         ops = "compiled ops present"
     except ImportError:
         ops = "no compiled ops (Python-only build: deformable conv and rotated boxes unavailable)"
+    from plrc_d2.modeling.native import distill_kernel_status
+
     return (
         f"torch {torch.__version__} (CUDA available: {torch.cuda.is_available()})\n"
-        f"detectron2 {detectron2.__version__} at {os.path.dirname(detectron2.__file__)}: {ops}"
+        f"detectron2 {detectron2.__version__} at {os.path.dirname(detectron2.__file__)}: {ops}\n"
+        f"plrc_d2 compiled CPU distillation kernel: {distill_kernel_status()}"
     )
 
 

@@ -83,6 +83,7 @@ def test_add_plrc_config_idempotent():
         (["MODEL.PLRC.IMAGE_LOSS_WEIGHT", 0.0, "MODEL.PLRC.POINT_LOSS_WEIGHT", 0.0,
           "MODEL.PLRC.DISTILL_LOSS_WEIGHT", 0.0], "not all 0"),
         (["INPUT.PLRC.CROP_SIZE", 16], "CROP_SIZE"),
+        (["MODEL.PLRC.DISTILL_CPU_KERNEL", "fast"], "DISTILL_CPU_KERNEL"),
     ],
 )
 def test_validation_rejects_nonsense(opts, message):

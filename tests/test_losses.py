@@ -183,11 +183,15 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+# (device, kernel): PyTorch ops on both devices; the compiled CPU kernel (native.py) on the CPU
+IMPLS = [("cpu", "torch"), ("cpu", "compiled"), pytest.param("cuda", "torch", marks=CUDA)]
+
+
+@pytest.mark.parametrize("device,kernel", IMPLS)
 @pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("chunk", [0, 5])
 @pytest.mark.parametrize("dedupe", [False, True])  # teacher cell ids given: one row per distinct V_d cell
-def test_matched_distillation_equals_naive(chunk, dense, device, dedupe):
+def test_matched_distillation_equals_naive(chunk, dense, device, kernel, dedupe):
     gen = torch.Generator().manual_seed(1)
     n, c, h, w, m, nl = 2, 8, 2, 4, 5, 6
     unit = lambda: F.normalize(torch.randn(n, c, h, w, generator=gen), dim=1)  # noqa: E731
@@ -207,7 +211,7 @@ def test_matched_distillation_equals_naive(chunk, dense, device, dedupe):
                          image=iq // (m * m), rows_per_image=h * w)
     teacher = CellTables(cell_table(dev[2], dev[1], dev[4], m, 128.0), *cell_taps(dev[6], m, (h, w)),
                          cells=id_ if dedupe else None)
-    got = matched_distillation_loss(student, teacher, dev[7], *temps, chunk_size=chunk, dense=dense)
+    got = matched_distillation_loss(student, teacher, dev[7], *temps, chunk_size=chunk, dense=dense, kernel=kernel)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     for a, b in zip(torch.autograd.grad(got, [u_q, w_q]), g_want):
         assert torch.allclose(a.cpu(), b, atol=1e-6, rtol=1e-4)
@@ -227,11 +231,11 @@ def test_distillation_rejects_taps_not_summing_to_one():
         matched_distillation_loss(t, t, torch.zeros(1, 3), 0.1, 0.07, 0)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,kernel", IMPLS)
 @pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("temps", [(0.1, 0.07), (1.0, 1.0), (0.004, 0.004)])  # exp with / without row-max shifts
 @pytest.mark.parametrize("dedupe", [False, True])
-def test_matched_distillation_per_distinct_student_cell_equals_naive(dense, device, temps, dedupe):
+def test_matched_distillation_per_distinct_student_cell_equals_naive(dense, device, kernel, temps, dedupe):
     """The model's path: student rows once per distinct V_q cell with pair counts, several chunks."""
     gen = torch.Generator().manual_seed(4)
     n, c, h, w, m, nl = 2, 8, 3, 2, 6, 5
@@ -253,7 +257,7 @@ def test_matched_distillation_per_distinct_student_cell_equals_naive(dense, devi
     teacher = CellTables(cell_table(dev[2], dev[1], dev[4], m, 128.0), *cell_taps(dev[6], m, (h, w)),
                          cells=id_ if dedupe else None)
     assert id_.unique().numel() < id_.numel()  # several V_q cells share V_d cells: deduplication has work
-    got = matched_distillation_loss(student, teacher, dev[7], *temps, chunk_size=4, dense=dense)
+    got = matched_distillation_loss(student, teacher, dev[7], *temps, chunk_size=4, dense=dense, kernel=kernel)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     for a, b in zip(torch.autograd.grad(got, [u_q, w_q]), g_want):
         assert torch.allclose(a.cpu(), b, atol=1e-6, rtol=1e-4)

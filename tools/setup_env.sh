@@ -49,6 +49,11 @@ if [ "$keep_d2" = 1 ] && "$VPY" -c "import torch, torchvision" >/dev/null 2>&1; 
   echo "[setup] keeping the torch/torchvision that the existing detectron2 was built against"
   "$VPY" -m pip install --quiet -r requirements/base.txt
 else
+  # PyPI's torch for Linux x86-64 is a CUDA build: ~5.5 GB in the venv. Say so before pip runs out of disk halfway.
+  free_kb=$(df -Pk "$VENV" | awk 'NR == 2 {print $4}')
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt $((6 * 1024 * 1024)) ]; then
+    echo "[setup] warning: $((free_kb / 1024)) MB free under $VENV; torch + torchvision need about 6 GB" >&2
+  fi
   echo "[setup] installing requirements/torch.txt and requirements/base.txt"
   "$VPY" -m pip install --quiet -r requirements/torch.txt -r requirements/base.txt
 fi

@@ -21,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from .distributed import host_to_device
+from .native import load_distill_kernel, run_distill_kernel
 
 __all__ = [
     "image_infonce_loss",
@@ -31,6 +32,7 @@ __all__ = [
     "upsample_matrix",
     "matched_distillation_loss",
     "matched_teacher_sum",
+    "DISTILL_KERNELS",
 ]
 
 # The CSR tap matrices are built here by construction, valid (invariant checks are opted out of explicitly); torch's
@@ -262,10 +264,34 @@ class _FusedDistillation(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student_table, teacher_table, center, student, teacher, temps, pairs_per_chunk, dense):
+    def forward(ctx, student_table, teacher_table, center, student, teacher, temps, pairs_per_chunk, dense, kernel):
         with torch.autocast(student_table.device.type, enabled=False):
+            if kernel is not None:
+                return _FusedDistillation._run_compiled(ctx, kernel, student_table, teacher_table, center, student,
+                                                        teacher, temps)
             return _FusedDistillation._run(ctx, student_table, teacher_table, center, student, teacher, temps,
                                            pairs_per_chunk, dense)
+
+    @staticmethod
+    def _run_compiled(ctx, kernel, student_table, teacher_table, center, student, teacher, temps):
+        """The same loss and gradient by the compiled CPU kernel (native.py), one V_q cell at a time: every row
+        is built in a cache-resident buffer, so no chunk of rows ever goes through memory."""
+        s_temp, t_temp = temps
+        counts = student.counts if student.counts is not None else torch.ones(student.rows.shape[0], dtype=torch.long)
+        n = int(counts.sum())
+        pair_start = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int64).contiguous()
+        t_table = ((teacher_table - center.reshape(1, -1)) * (_LOG2E / t_temp)).contiguous()
+        s_table = (student_table * (_LOG2E / s_temp)).contiguous()
+        grad = torch.zeros_like(s_table) if ctx.needs_input_grad[0] else None
+        i64, f32 = torch.int64, torch.float32
+        total = run_distill_kernel(kernel, s_table, t_table,
+                                   student.rows.to(i64).contiguous(), student.weights.to(f32).contiguous(), pair_start,
+                                   teacher.rows.to(i64).contiguous(), teacher.weights.to(f32).contiguous(),
+                                   None if teacher.cells is None else teacher.cells.to(i64).contiguous(), grad,
+                                   torch.get_num_threads())
+        if grad is not None:
+            ctx.save_for_backward(grad.div_(s_temp * max(n, 1)))
+        return student_table.new_tensor(total * math.log(2.0) / max(n, 1))
 
     @staticmethod
     def _run(ctx, student_table, teacher_table, center, student, teacher, temps, pairs_per_chunk, dense):
@@ -338,12 +364,17 @@ class _FusedDistillation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None, None, None, None, None, None
+        return grad * grad_output, None, None, None, None, None, None, None, None
+
+
+# Implementations of the CPU distillation loss (MODEL.PLRC.DISTILL_CPU_KERNEL): "auto" = the compiled kernel where it
+# builds (native.py), else PyTorch ops; "compiled" = the compiled kernel or an error; "torch" = PyTorch ops.
+DISTILL_KERNELS = ("auto", "compiled", "torch")
 
 
 def matched_distillation_loss(student: CellTables, teacher: CellTables, center, student_temperature: float,
                               teacher_temperature: float, chunk_size: int,
-                              dense: Optional[bool] = None) -> torch.Tensor:
+                              dense: Optional[bool] = None, kernel: str = "auto") -> torch.Tensor:
     """`affinity_distillation_loss` of the n matched pairs, from the cell tables (float32).
 
     teacher rows are per pair; student rows per pair or per distinct cell with `counts`. Pairs are
@@ -352,7 +383,11 @@ def matched_distillation_loss(student: CellTables, teacher: CellTables, center, 
     dense: gathers and scatters as per-image dense products (needs student.image and .rows_per_image; chunks
     then also end at every image); None = dense on GPUs when the student side has them and the images average
     >= _DENSE_MIN_PAIRS_PER_IMAGE pairs (R-50 at 224 px: ~4400), else sparse (CPUs; small crops).
+    kernel: one of DISTILL_KERNELS; applies to CPU tensors (GPUs always use PyTorch ops). The compiled kernel
+    ignores chunk_size and dense (it holds three rows per thread, never a chunk).
     """
+    if kernel not in DISTILL_KERNELS:
+        raise ValueError(f"kernel must be one of {DISTILL_KERNELS}, got {kernel!r}")
     if student.rows.shape[0] == 0:
         return student.table.sum() * 0
     w = teacher.weights
@@ -364,9 +399,18 @@ def matched_distillation_loss(student: CellTables, teacher: CellTables, center, 
             teacher.rows.shape[0] >= _DENSE_MIN_PAIRS_PER_IMAGE * int(student.image.unique().numel())
     elif dense and not has_images:
         raise ValueError("dense distillation needs CellTables.image and .rows_per_image on the student side")
+    compiled = None
+    if student.table.device.type == "cpu" and kernel != "torch":
+        compiled = load_distill_kernel(required=kernel == "compiled")
+        if compiled is not None and max(student.rows.shape[1], teacher.rows.shape[1]) > compiled.max_taps:
+            if kernel == "compiled":
+                raise ValueError(f"the compiled distillation kernel takes at most {compiled.max_taps} taps per cell")
+            compiled = None
+    elif kernel == "compiled":
+        raise ValueError(f"the compiled distillation kernel runs on CPU tensors, not {student.table.device.type}")
     chunk = teacher.rows.shape[0] if chunk_size <= 0 else chunk_size
     return _FusedDistillation.apply(student.table, teacher.table.detach(), center.detach().float(), student, teacher,
-                                    (student_temperature, teacher_temperature), chunk, dense)
+                                    (student_temperature, teacher_temperature), chunk, dense, compiled)
 
 
 @torch.no_grad()

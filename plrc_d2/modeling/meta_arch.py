@@ -61,6 +61,7 @@ class PLRCParams:
     point_weight: float = 0.3
     distill_weight: float = 0.3
     distill_chunk_pairs: int = -1  # -1: DISTILL_CHUNK_PAIRS_CPU / _GPU by device
+    distill_cpu_kernel: str = "auto"  # losses.DISTILL_KERNELS
     shuffle_bn: bool = True
     reuse_key_as_distill: bool = False
     seed: int = 0
@@ -191,7 +192,7 @@ class PLRC(nn.Module):
             teacher_temperature=m.TEACHER_TEMPERATURE, teacher_temperature_start=m.TEACHER_TEMPERATURE_START,
             center_momentum=m.CENTER_MOMENTUM, momentum=m.MOMENTUM, image_weight=m.IMAGE_LOSS_WEIGHT,
             point_weight=m.POINT_LOSS_WEIGHT, distill_weight=m.DISTILL_LOSS_WEIGHT,
-            distill_chunk_pairs=m.DISTILL_CHUNK_PAIRS, shuffle_bn=m.SHUFFLE_BN,
+            distill_chunk_pairs=m.DISTILL_CHUNK_PAIRS, distill_cpu_kernel=m.DISTILL_CPU_KERNEL, shuffle_bn=m.SHUFFLE_BN,
             reuse_key_as_distill=cfg.INPUT.PLRC.REUSE_KEY_AS_DISTILL, seed=max(int(cfg.SEED), 0))
         return {"encoder": encoder, "queue_size": m.QUEUE_SIZE, "params": params,
                 "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
@@ -295,7 +296,7 @@ class PLRC(nn.Module):
             if chunk < 0:
                 chunk = DISTILL_CHUNK_PAIRS_CPU if self.device.type == "cpu" else DISTILL_CHUNK_PAIRS_GPU
             loss = matched_distillation_loss(student, teacher, self.center.clone(), p.student_temperature,
-                                             self.teacher_temperature, chunk)
+                                             self.teacher_temperature, chunk, kernel=p.distill_cpu_kernel)
             self._update_center(teacher, idx_q.shape[0])
         return loss, idx_q.shape[0]
 
