@@ -20,3 +20,18 @@ def test_train_benchmark_reports_phases(repo_root, monkeypatch, tmp_path):
     assert res["round_time_ratios"] == [a / b for a, b in zip(res["full"]["iter_times"], res["floor"]["iter_times"])]
     table = prof.read_text()
     assert table.startswith("2 full steps, sorted by self_cpu_time_total") and "aten::" in table
+
+
+def test_distill_benchmark_compares_implementations(tmp_path):
+    from plrc_d2.benchmark.distill import main as distill_main
+
+    out = tmp_path / "distill.json"
+    assert distill_main(["--batch", "2", "--size", "64", "--map-size", "8", "--logits", "16", "--iters", "2",
+                         "--warmup", "0", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    k = res["kernels"]
+    assert set(k) == {"compiled", "torch"} and res["pairs"] > 0 and res["width"] == 64 + 16
+    for r in k.values():
+        assert len(r["times"]) == 2 and r["s_median"] == statistics.median(r["times"]) > 0
+    assert abs(k["compiled"]["loss"] - k["torch"]["loss"]) <= 1e-5 * abs(k["torch"]["loss"])
+    assert res["speedup_compiled_vs_torch"] == k["torch"]["s_median"] / k["compiled"]["s_median"]

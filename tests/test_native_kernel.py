@@ -1,6 +1,7 @@
 """The compiled CPU distillation kernel (plrc_d2/modeling/native.py, csrc/distill_cpu.c): same loss and gradient
 as the PyTorch path at every thread count and with its teacher-row cache; a clear fallback or error without a
 working compiler."""
+import json
 import logging
 import os
 import stat
@@ -133,3 +134,16 @@ def test_non_finite_tables_give_a_non_finite_loss(side):
     for kernel in ("torch", "compiled"):
         loss = matched_distillation_loss(student, teacher, center, 0.1, 0.04, chunk_size=16, kernel=kernel)
         assert not torch.isfinite(loss), kernel
+
+
+def test_distill_benchmark_without_compiler_times_torch_ops_only(fresh_kernel, monkeypatch, capsys):
+    from plrc_d2.benchmark.distill import main
+
+    monkeypatch.setenv("CC", "no-such-compiler-plrc")
+    out = fresh_kernel / "distill.json"
+    assert main(["--batch", "2", "--size", "64", "--map-size", "8", "--logits", "16", "--iters", "1", "--warmup", "0",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["kernels"]) == {"torch"} and "speedup_compiled_vs_torch" not in res
+    assert res["compiled_kernel"].startswith("unavailable (no C compiler")
+    assert "compiled CPU kernel: unavailable (no C compiler" in capsys.readouterr().out

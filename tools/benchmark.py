@@ -3,11 +3,13 @@
 
   python tools/benchmark.py data  [--help]   mapper samples/s per worker process, per region source
   python tools/benchmark.py train [--help]   s/iter, images/s and peak memory of a training step vs. its compute floor
+  python tools/benchmark.py distill [--help] the distillation loss + gradient alone, per implementation
 """
 import importlib
 import sys
 
-COMMANDS = {"data": "plrc_d2.benchmark.data", "train": "plrc_d2.benchmark.train"}
+COMMANDS = {"data": "plrc_d2.benchmark.data", "train": "plrc_d2.benchmark.train",
+            "distill": "plrc_d2.benchmark.distill"}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

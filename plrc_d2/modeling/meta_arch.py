@@ -32,7 +32,7 @@ from .losses import (CellTables, cell_table, image_infonce_loss, matched_distill
 from .matching import cell_taps, match_cells, point_labels, sample_points, tile_order
 from .queue import FeatureQueue
 
-__all__ = ["PLRC", "PLRCParams", "PLRCBatch", "parse_batch", "StepReport"]
+__all__ = ["PLRC", "PLRCParams", "PLRCBatch", "parse_batch", "StepReport", "matched_cell_tables"]
 
 
 # Default distillation chunk sizes (matched pairs; MODEL.PLRC.DISTILL_CHUNK_PAIRS = -1). On a CPU the chunk's
@@ -146,6 +146,34 @@ class StepReport:
         out = dict(zip(self.names, self.values.tolist()))
         out.update(self.host_values)
         return out
+
+
+def matched_cell_tables(u_q: torch.Tensor, u_d: torch.Tensor, u_k: torch.Tensor, w_q: torch.Tensor,
+                        w_k: torch.Tensor, crop_box_q: torch.Tensor, crop_box_d: torch.Tensor,
+                        image_size: Optional[torch.Tensor], params: PLRCParams):
+    """The two sides of the distillation loss for one batch -> (student, teacher, number of matched pairs).
+
+    u_q, u_d, u_k: (N, d_u, h, w) distillation maps of V_q (student), V_d (teacher) and V_k (anchors); w_q, w_k:
+    (logits, d_u) unit-row weights of the online / momentum logits layers; crop boxes (N, 4) of V_q and V_d on
+    the CPU (`crop_box_wrt_image`), so matching costs no device synchronisation. Student rows are built once per
+    distinct V_q cell, teacher rows per pair (see losses.matched_distillation_loss); the teacher side is built
+    without gradients.
+    """
+    p = params
+    idx_q, idx_d = match_cells(crop_box_q, crop_box_d, p.map_size, p.match_radius, image_size)
+    hw = tuple(u_q.shape[-2:])
+    # chunks of consecutive V_q cells then cover compact patches (one feature cell's worth per tile)
+    order = tile_order(idx_q, p.map_size, max(p.map_size // hw[0], 1))
+    idx_q, idx_d = idx_q[order], idx_d[order]
+    cells_q, counts = torch.unique_consecutive(idx_q, return_counts=True)  # pairs stay grouped by V_q cell
+    device = u_q.device
+    student = CellTables(cell_table(u_q.float(), u_k.float(), w_q, p.map_size, p.affinity_divisor),
+                         *cell_taps(host_to_device(cells_q, device), p.map_size, hw), counts,
+                         image=cells_q // (p.map_size * p.map_size), rows_per_image=hw[0] * hw[1])
+    with torch.no_grad():
+        teacher = CellTables(cell_table(u_d.float(), u_k.float(), w_k, p.map_size, p.affinity_divisor),
+                             *cell_taps(host_to_device(idx_d, device), p.map_size, hw), cells=idx_d)
+    return student, teacher, int(idx_q.shape[0])
 
 
 @META_ARCH_REGISTRY.register()
@@ -271,34 +299,21 @@ class PLRC(nn.Module):
         return loss, acc
 
     def _distill_loss(self, u_q: torch.Tensor, u_d: torch.Tensor, u_k: torch.Tensor, batch):
-        """u maps (N, d_u, h, w) of V_q (student), V_d (teacher), V_k (anchors) -> (loss, #matched pairs).
-
-        Cells are matched on the CPU crop boxes (no device sync); student rows are built once per
-        distinct V_q cell, teacher rows per pair (see losses.matched_distillation_loss)."""
+        """u maps (N, d_u, h, w) of V_q (student), V_d (teacher), V_k (anchors) -> (loss, #matched pairs)."""
         p = self.params
-        idx_q, idx_d = match_cells(batch.crop_boxes[0], batch.crop_boxes[2], p.map_size, p.match_radius,
-                                   batch.image_size)
-        hw = tuple(u_q.shape[-2:])
-        # chunks of consecutive V_q cells then cover compact patches (one feature cell's worth per tile)
-        order = tile_order(idx_q, p.map_size, max(p.map_size // hw[0], 1))
-        idx_q, idx_d = idx_q[order], idx_d[order]
-        cells_q, counts = torch.unique_consecutive(idx_q, return_counts=True)  # pairs stay grouped by V_q cell
         with torch.autocast(self.device.type, enabled=False):
             w_q = self.encoder.distill_head.last_layer.normalized_weight().float()
-            student = CellTables(cell_table(u_q.float(), u_k.float(), w_q, p.map_size, p.affinity_divisor),
-                                 *cell_taps(host_to_device(cells_q, self.device), p.map_size, hw), counts,
-                                 image=cells_q // (p.map_size * p.map_size), rows_per_image=hw[0] * hw[1])
             with torch.no_grad():
                 w_k = self.momentum_encoder.distill_head.last_layer.normalized_weight().float()
-                teacher = CellTables(cell_table(u_d.float(), u_k.float(), w_k, p.map_size, p.affinity_divisor),
-                                     *cell_taps(host_to_device(idx_d, self.device), p.map_size, hw), cells=idx_d)
+            student, teacher, num_pairs = matched_cell_tables(u_q, u_d, u_k, w_q, w_k, batch.crop_boxes[0],
+                                                              batch.crop_boxes[2], batch.image_size, p)
             chunk = p.distill_chunk_pairs
             if chunk < 0:
                 chunk = DISTILL_CHUNK_PAIRS_CPU if self.device.type == "cpu" else DISTILL_CHUNK_PAIRS_GPU
             loss = matched_distillation_loss(student, teacher, self.center.clone(), p.student_temperature,
                                              self.teacher_temperature, chunk, kernel=p.distill_cpu_kernel)
-            self._update_center(teacher, idx_q.shape[0])
-        return loss, idx_q.shape[0]
+            self._update_center(teacher, num_pairs)
+        return loss, num_pairs
 
     @torch.no_grad()
     def _update_center(self, teacher: CellTables, num_pairs: int) -> None:
