@@ -1,6 +1,10 @@
-"""tools/benchmark.py train on a tiny config: every phase reports, the ratios follow from the medians."""
+"""tools/benchmark.py on tiny configs: every phase reports, the ratios follow from the medians, nonsense counts are
+usage errors."""
+import importlib
 import json
 import statistics
+
+import pytest
 
 from plrc_d2.benchmark.train import main
 
@@ -35,3 +39,17 @@ def test_distill_benchmark_compares_implementations(tmp_path):
         assert len(r["times"]) == 2 and r["s_median"] == statistics.median(r["times"]) > 0
     assert abs(k["compiled"]["loss"] - k["torch"]["loss"]) <= 1e-5 * abs(k["torch"]["loss"])
     assert res["speedup_compiled_vs_torch"] == k["torch"]["s_median"] / k["compiled"]["s_median"]
+
+
+@pytest.mark.parametrize("command, argv, message", [
+    ("distill", ["--batch", "0"], "argument --batch: 0 is below the minimum 1"),
+    ("distill", ["--size", "16"], "argument --size: 16 is below the minimum 32"),
+    ("train", ["--iters", "0"], "argument --iters: 0 is below the minimum 1"),
+    ("train", ["--warmup", "-1"], "argument --warmup: -1 is below the minimum 0"),
+    ("data", ["--samples", "many"], "argument --samples: 'many' is not an integer"),
+])
+def test_benchmarks_reject_nonsense_counts(command, argv, message, capsys):
+    module = importlib.import_module(f"plrc_d2.benchmark.{command}")
+    with pytest.raises(SystemExit) as exc:
+        module.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import torch
 
+from . import at_least
+
 
 def _make_images(folder: str, count: int, height: int, width: int):
     from detectron2.structures import BoxMode
@@ -82,14 +84,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="tools/benchmark.py data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources", nargs="+", default=["grid", "felzenszwalb", "annotations"])
-    parser.add_argument("--shared-regions", type=int, nargs="+", default=[1, 16],
+    parser.add_argument("--shared-regions", type=at_least(1), nargs="+", default=[1, 16],
                         help="INPUT.PLRC.NUM_SHARED_REGIONS values (R); 1 = reference, 16 = all 4x4 cells")
-    parser.add_argument("--crop-size", type=int, default=224, help="S, pixels")
-    parser.add_argument("--points", type=int, default=32, help="P, points per region per view")
-    parser.add_argument("--images", type=int, default=64, help="distinct 500x375 images generated")
-    parser.add_argument("--samples", type=int, default=300, help="timed samples per setting")
+    parser.add_argument("--crop-size", type=at_least(32), default=224, help="S, pixels")
+    parser.add_argument("--points", type=at_least(1), default=32, help="P, points per region per view")
+    parser.add_argument("--images", type=at_least(1), default=64, help="distinct 500x375 images generated")
+    parser.add_argument("--samples", type=at_least(1), default=300, help="timed samples per setting")
     parser.add_argument("--profile", action="store_true", help="cProfile the first setting, print the top 25")
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--workers", type=at_least(0), default=0,
                         help="also time the full PLRCTrainLoader with this many worker processes (0 = skip)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="more KEY VALUE config overrides")
     args = parser.parse_args(argv)

@@ -5,10 +5,11 @@
 Inputs have a training step's shapes and geometry: V_q / V_d crop boxes as the train benchmark draws them
 (RandomResizedCrop, overlap >= 0.5), random unit distillation maps at the backbone's h x w (S / 32) and unit-row
 logits weights, matched and tiled as in the model (`meta_arch.matched_cell_tables`, reference settings of
-MODEL.PLRC.*: M = 56, 4096 logits, t_s = 0.1, t_t = 0.04). Each round times every implementation once (the order
-rotating), so a drifting machine affects them alike; reported: the median seconds of loss + gradient w.r.t. the
-student table, and the loss values (which agree to float32 rounding). CPU: the compiled kernel and the PyTorch ops
-(MODEL.PLRC.DISTILL_CPU_KERNEL compiled / torch); a GPU, or a CPU without a C compiler, has the PyTorch ops only.
+MODEL.PLRC.*: M = 56, d_u = 256, 4096 logits, t_s = 0.1, t_t = 0.04 as at the start of the ramp). Each round times
+every implementation once (the order rotating), so a drifting machine affects them alike; reported: the median
+seconds of loss + gradient w.r.t. the student table, and the loss values (which agree to float32 rounding). CPU:
+the compiled kernel and the PyTorch ops (MODEL.PLRC.DISTILL_CPU_KERNEL compiled / torch); a GPU, or a CPU without a
+C compiler, has the PyTorch ops only.
 """
 import argparse
 import json
@@ -19,9 +20,10 @@ import torch
 from torch.nn import functional as F
 
 from plrc_d2.modeling.losses import matched_distillation_loss
-from plrc_d2.modeling.meta_arch import DISTILL_CHUNK_PAIRS_CPU, DISTILL_CHUNK_PAIRS_GPU, PLRCParams, matched_cell_tables
+from plrc_d2.modeling.meta_arch import PLRCParams, matched_cell_tables
 from plrc_d2.modeling.native import distill_kernel_status, load_distill_kernel
 
+from . import at_least
 from .train import synthetic_inputs
 
 __all__ = ["main"]
@@ -30,14 +32,15 @@ __all__ = ["main"]
 def _parser():
     p = argparse.ArgumentParser(prog="tools/benchmark.py distill", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=16, help="images per step (one process)")
-    p.add_argument("--size", type=int, default=224, help="crop size S")
-    p.add_argument("--map-size", type=int, default=56, help="M")
-    p.add_argument("--logits", type=int, default=4096, help="DISTILL_NUM_LOGITS")
-    p.add_argument("--iters", type=int, default=5, help="timed rounds")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds")
+    p.add_argument("--batch", type=at_least(1), default=16, help="images per step (one process)")
+    p.add_argument("--size", type=at_least(32), default=224, help="crop size S")
+    p.add_argument("--map-size", type=at_least(1), default=56, help="M")
+    p.add_argument("--dim", type=at_least(1), default=256, help="DISTILL_DIM (of u)")
+    p.add_argument("--logits", type=at_least(1), default=4096, help="DISTILL_NUM_LOGITS")
+    p.add_argument("--iters", type=at_least(1), default=5, help="timed rounds")
+    p.add_argument("--warmup", type=at_least(0), default=1, help="untimed rounds")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    p.add_argument("--threads", type=at_least(0), default=0, help="torch.set_num_threads (0: leave as is)")
     p.add_argument("--json", default="", help="also write the result to this file")
     return p
 
@@ -54,20 +57,20 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(0)
     hw = max(args.size // 32, 1)
     unit = lambda *shape: F.normalize(torch.randn(*shape, generator=gen), dim=1).to(device)  # noqa: E731
-    u_q, u_d, u_k = (unit(args.batch, 256, hw, hw) for _ in range(3))
-    w_q, w_k = unit(args.logits, 256), unit(args.logits, 256)
+    u_q, u_d, u_k = (unit(args.batch, args.dim, hw, hw) for _ in range(3))
+    w_q, w_k = unit(args.logits, args.dim), unit(args.logits, args.dim)
     center = (torch.randn(1, args.map_size ** 2 + args.logits, generator=gen) * 0.01).to(device)
     student, teacher, num_pairs = matched_cell_tables(u_q, u_d, u_k, w_q, w_k, box_q, box_d, image_size, params)
     table = student.table.detach().requires_grad_()
     student.table = table
     # without a C compiler only the PyTorch ops run (the kernel's status is printed)
     kernels = ["compiled", "torch"] if device.type == "cpu" and load_distill_kernel() is not None else ["torch"]
-    chunk = DISTILL_CHUNK_PAIRS_CPU if device.type == "cpu" else DISTILL_CHUNK_PAIRS_GPU
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def run(kernel):
         start = time.perf_counter()
-        loss = matched_distillation_loss(student, teacher, center, params.student_temperature, 0.04, chunk,
+        loss = matched_distillation_loss(student, teacher, center, params.student_temperature,
+                                         params.teacher_temperature_start, params.chunk_pairs(device.type),
                                          kernel=kernel)
         torch.autograd.grad(loss, table)
         sync()
@@ -75,7 +78,7 @@ def main(argv=None):
 
     times = {k: [] for k in kernels}
     losses = {}
-    for r in range(max(args.warmup, 0) + max(args.iters, 1)):
+    for r in range(args.warmup + args.iters):
         for k in kernels[r % len(kernels):] + kernels[:r % len(kernels)]:
             dt, losses[k] = run(k)
             if r >= args.warmup:

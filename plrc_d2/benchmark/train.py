@@ -30,6 +30,8 @@ from typing import List
 
 import torch
 
+from . import at_least
+
 __all__ = ["main", "synthetic_inputs", "random_crop_box"]
 
 
@@ -105,10 +107,10 @@ def _parser():
     p = argparse.ArgumentParser(prog="tools/benchmark.py train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default="configs/Base-PLRC.yaml")
-    p.add_argument("--batch", type=int, default=16, help="images per step (one process)")
-    p.add_argument("--size", type=int, default=224, help="crop size S (INPUT.PLRC.CROP_SIZE)")
-    p.add_argument("--iters", type=int, default=3, help="timed rounds (one step of each phase per round)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed iterations per phase")
+    p.add_argument("--batch", type=at_least(1), default=16, help="images per step (one process)")
+    p.add_argument("--size", type=at_least(32), default=224, help="crop size S (INPUT.PLRC.CROP_SIZE)")
+    p.add_argument("--iters", type=at_least(1), default=3, help="timed rounds (one step of each phase per round)")
+    p.add_argument("--warmup", type=at_least(0), default=1, help="untimed iterations per phase")
     p.add_argument("--amp", action="store_true", help="autocast (float16 on CUDA, bfloat16 on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default="", help="also write the result to this file")
@@ -202,7 +204,7 @@ def _run_memory(args) -> dict:
         base = torch.cuda.memory_allocated()
     else:
         base = _rss_bytes()
-    for _ in range(max(args.warmup, 0) + 1):
+    for _ in range(args.warmup + 1):
         step()
     _sync_fn(args)()
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -221,7 +223,7 @@ def _run_timing(args) -> dict:
             step()
     sync()
     times = {phase: [] for phase in PHASES}
-    for r in range(max(args.iters, 1)):
+    for r in range(args.iters):
         for phase in PHASES[r % 3:] + PHASES[: r % 3]:
             start = time.perf_counter()
             steps[phase]()

@@ -66,6 +66,12 @@ class PLRCParams:
     reuse_key_as_distill: bool = False
     seed: int = 0
 
+    def chunk_pairs(self, device_type: str) -> int:
+        """Matched pairs per distillation chunk on this device type (distill_chunk_pairs, -1 = by device)."""
+        if self.distill_chunk_pairs >= 0:
+            return self.distill_chunk_pairs
+        return DISTILL_CHUNK_PAIRS_CPU if device_type == "cpu" else DISTILL_CHUNK_PAIRS_GPU
+
 
 @dataclass
 class PLRCBatch:
@@ -307,11 +313,9 @@ class PLRC(nn.Module):
                 w_k = self.momentum_encoder.distill_head.last_layer.normalized_weight().float()
             student, teacher, num_pairs = matched_cell_tables(u_q, u_d, u_k, w_q, w_k, batch.crop_boxes[0],
                                                               batch.crop_boxes[2], batch.image_size, p)
-            chunk = p.distill_chunk_pairs
-            if chunk < 0:
-                chunk = DISTILL_CHUNK_PAIRS_CPU if self.device.type == "cpu" else DISTILL_CHUNK_PAIRS_GPU
             loss = matched_distillation_loss(student, teacher, self.center.clone(), p.student_temperature,
-                                             self.teacher_temperature, chunk, kernel=p.distill_cpu_kernel)
+                                             self.teacher_temperature, p.chunk_pairs(self.device.type),
+                                             kernel=p.distill_cpu_kernel)
             self._update_center(teacher, num_pairs)
         return loss, num_pairs
 
